@@ -1,0 +1,7 @@
+"""Rollout engine: step batches of gymnasium environments with an actor into nested tensors."""
+
+from . import errors
+from .actor import Actor
+from .fragment import Episodes, Final, Fragment, State, clone, episodes
+
+__all__ = ["Actor", "Fragment", "State", "Final", "Episodes", "episodes", "clone", "errors"]

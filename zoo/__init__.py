@@ -1,0 +1,3 @@
+"""Ready actors and environments, and the training examples."""
+
+__all__: list = []
