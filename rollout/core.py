@@ -1,0 +1,467 @@
+r"""The stepping kernel: :func:`startup` and :func:`collect` for one batch of envs in this process.
+
+Every collector (same process, worker processes, Ray) runs this kernel; it knows nothing about
+processes. :func:`startup` resets the envs, validates them and the actor, and returns a
+:class:`Context` (the running state of the batch); :func:`collect` fills one fragment.
+
+Timing
+------
+Row t of ``state`` is ``z_t = (t, x_t, a_{t-1}, r_t, d_t)``; ``actor[t]`` is the actor's reaction
+to ``z_t``, and the action it chose is stored in the next row. Over a fragment of ``T = 3`` steps
+in which the episode ends (``d``) on the transition into row 2 (non-sticky):
+
+===========  ==========  ==========  ==============  ==========  =============================
+row          0           1           2               3 (= T)     notes
+===========  ==========  ==========  ==============  ==========  =============================
+stepno       n           n+1         0               1           steps into the episode
+obs          x_n         x_{n+1}     x'_0 (reset)    x'_1        the new episode's obs at fin
+act          a_{n-1}     a_n         a_{n+1}         a'_0        action that led to this row
+rew          r_n         r_{n+1}     r_{n+2}         r'_1        its reward
+fin          .           .           True            .           x_t starts a new episode
+terminated   .           .           term?           .           set with fin: no bootstrap
+actor        A(z_0)      A(z_1)      A(z_2)          A~(z_3)     A~: virtual lookahead step
+final.obs    .           .           x_{n+2}         .           true last obs of the episode
+final.actor  .           .           A~(x_{n+2})     .           only at truncations
+env          info(0->1)  info(1->2)  info(2->3)                  T rows: env[t] = step t -> t+1
+===========  ==========  ==========  ==============  ==========  =============================
+
+* ``fin[t] & ~terminated[t]`` is a truncation (time limit): bootstrap from
+  ``final.actor['value'][t]``, the actor's virtual reaction to ``final.obs[t]`` computed with the
+  recurrent state it had before the reset and ``stepno`` = the ended episode's length.
+* ``final.episode_return[t]`` and ``final.episode_length[t]`` hold the whole ended episode's
+  return and length (also the part from earlier fragments); ``episode_length`` is 0 elsewhere.
+* Row 0 of fragment k+1 equals row T of fragment k in ``state`` and ``final``, bit for bit.
+  ``actor[0]`` is recomputed by a real step (row T was virtual, its action never executed), so
+  for a stochastic actor ``actor[0]`` of k+1 differs from ``actor[T]`` of k.
+* ``Fragment.hx`` is the recurrent state fed to the step at row 0. The collector calls
+  ``actor.reset(hx, at)`` for every env whose episode ended, before that env's next step.
+
+With ``sticky=True`` an env that ends its episode is frozen until the fragment ends, so that each
+column holds at most one episode suffix. Episode ends on the transition into row 1:
+
+===========  ==========  ==============  ==============  ==============
+row          0           1               2               3 (= T)
+===========  ==========  ==============  ==============  ==============
+obs          x_n         x'_0 (reset)    x'_0 (repeat)   x'_0 (repeat)
+fin          .           True            True            True
+terminated   .           term?           True            True
+rew          r_n         r_{n+1}         0               0
+stepno       n           0               0               0
+episode_len  .           n+1             0               0
+===========  ==========  ==============  ==============  ==============
+
+Frozen rows (``fin`` with ``episode_length == 0``, from row 1 on) are padding: the env is not
+called, their ``terminated`` is True (nothing to bootstrap), ``env`` info holds the fill values and
+their actor outputs must be ignored by learners. The env resumes at the next fragment, whose row 0
+is the reset observation with ``fin=True``.
+"""
+
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import optree
+import torch
+
+from . import buffers
+from .actor import Actor
+from .envs import BatchedEnv, EnvList, Layout, _warn_no_probe, env_seeds, info_examples
+from .errors import ActorContractError, ConfigurationError, EnvError, StructureError
+from .fragment import Final, Fragment, State
+from .nested import paths, torch_dtype
+
+__all__ = ["Context", "startup", "collect"]
+
+
+def _fill(example: np.ndarray) -> Any:
+    """The value written for an env-info key that a step lacks: 0 (False for bool)."""
+    return False if example.dtype == np.bool_ else 0
+
+
+class _Plan:
+    """Flat views of one fragment buffer for the per-step loop (built once per buffer)."""
+
+    def __init__(self, context: "Context", fragment: Fragment):
+        T = context.n_steps
+        self.fragment = fragment  # keeps the buffers alive while the plan is cached
+        state, final = fragment.state, fragment.final
+        self.state_leaves = optree.tree_leaves(state)
+        self.final_leaves = optree.tree_leaves(final)
+        self.final_actor_leaves = optree.tree_leaves(final.actor)
+        self.final_obs_leaves = optree.tree_leaves(final.obs)
+        self.hx_leaves = optree.tree_leaves(fragment.hx)
+        self.version = fragment.version
+        obs = optree.tree_leaves(state.obs)
+        act = optree.tree_leaves(state.act)
+        actor = optree.tree_leaves(fragment.actor)
+        rows = range(1 + T)
+        obs_spec, act_spec = context.obs_layout.spec, context.act_layout.spec
+        # Actor inputs for row t, as (1, B, ...) views: no allocation in the loop.
+        self.inputs = [
+            (state.stepno[t:t + 1], optree.tree_unflatten(obs_spec, [x[t:t + 1] for x in obs]),
+             optree.tree_unflatten(act_spec, [x[t:t + 1] for x in act]), state.rew[t:t + 1], state.fin[t:t + 1])
+            for t in rows
+        ]
+        self.act_rows = [[x[t:t + 1] for x in act] for t in rows]
+        self.actor_rows = [[x[t:t + 1] for x in actor] for t in rows]
+        obs_np = [buffers.numpy_view(x) for x in obs]
+        act_np = [buffers.numpy_view(x) for x in act]
+        final_obs_np = [buffers.numpy_view(x) for x in self.final_obs_leaves]
+        env_np = {key: buffers.numpy_view(x) for key, x in fragment.env.items()}
+        self.obs_np = [[x[t] for x in obs_np] for t in rows]
+        self.act_np = [[x[t] for x in act_np] for t in rows]
+        self.final_obs_np = [[x[t] for x in final_obs_np] for t in rows]
+        self.env_np = [{key: x[t] for key, x in env_np.items()} for t in range(T)]
+        self.stepno = buffers.numpy_view(state.stepno)
+        self.rew = buffers.numpy_view(state.rew)
+        self.fin = buffers.numpy_view(state.fin)
+        self.terminated = buffers.numpy_view(state.terminated)
+        self.episode_return = buffers.numpy_view(final.episode_return)
+        self.episode_length = buffers.numpy_view(final.episode_length)
+
+
+class Context:
+    """The running state of one batch of envs between fragments (see :func:`startup`).
+
+    Attributes
+    ----------
+    envs : EnvList or BatchedEnv
+        The batch of ``B`` envs.
+    actor : Actor
+    n_steps : int
+        ``T``, the number of steps per fragment.
+    sticky : bool
+    spec : Fragment
+        Example leaves for one row and column; :func:`rollout.buffers.allocate` makes buffers.
+    hx : nested tensors
+        The recurrent state to feed the next step (batch at dim 1).
+    version : int
+        Written into ``Fragment.version`` by :func:`collect`.
+    """
+
+    def __init__(self, envs: Union[EnvList, BatchedEnv], actor: Actor, n_steps: int, sticky: bool):
+        self.envs, self.actor, self.n_steps, self.sticky = envs, actor, n_steps, sticky
+        self.n_envs = len(envs)
+        self.version = 0
+        self._plans: dict = {}
+
+    def allocate(self, *, shared: bool = False, pinned: bool = False) -> Fragment:
+        """Fragment buffers for this context: ``(1+T, B, ...)`` leaves (see :mod:`rollout.buffers`)."""
+        return buffers.allocate(self.spec, self.n_steps, self.n_envs, shared=shared, pinned=pinned)
+
+    def plan(self, fragment: Fragment) -> _Plan:
+        plan = self._plans.get(id(fragment))
+        if plan is None or plan.fragment is not fragment:
+            self._check_buffer(fragment)
+            plan = self._plans[id(fragment)] = _Plan(self, fragment)
+        return plan
+
+    def _check_buffer(self, fragment: Fragment) -> None:
+        expected = buffers.allocate(optree.tree_map(lambda x: x.to("meta"), self.spec), self.n_steps, self.n_envs)
+        layout = lambda tree: (optree.tree_structure(tree), [(tuple(x.shape), x.dtype) for x in optree.tree_leaves(tree)])  # noqa: E731
+        if not isinstance(fragment, Fragment) or layout(fragment) != layout(expected):
+            raise ConfigurationError(
+                f"the fragment buffer does not match this context: expected {layout(expected)}, found {layout(fragment)}"
+            )
+
+    def close(self) -> None:
+        """Close the envs (those the collector created)."""
+        self.envs.close()
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _check_outputs(out: Any, B: int, act_layout: Layout, where: str) -> None:
+    """Validate ``(act, hx, info)`` from the first actor step (names the leaf, expected, actual)."""
+    if not isinstance(out, tuple) or len(out) != 3:
+        raise ActorContractError(f"{where} must return a tuple (act, hx, info), found {type(out).__name__}")
+    act, hx, info = out
+    leaves, spec = optree.tree_flatten(act)
+    found = paths(spec)
+    if found != act_layout.paths:
+        raise ActorContractError(f"{where}: the action must be nested like the action space {act_layout.space!r} with leaves {act_layout.paths}, found leaves {found}")
+    for path, leaf, shape, dtype in zip(act_layout.paths, leaves, act_layout.shapes, act_layout.dtypes):
+        expected = (1, B, *shape)
+        if not isinstance(leaf, torch.Tensor) or tuple(leaf.shape) != expected or leaf.dtype != torch_dtype(dtype):
+            raise ActorContractError(f"{where}: action{path}: expected a tensor of shape {expected} and dtype {torch_dtype(dtype)}, found {_tensor_str(leaf)}")
+    if not isinstance(info, dict):
+        raise ActorContractError(f"{where}: info must be a (nested) dict of tensors, found {type(info).__name__}")
+    leaves, spec = optree.tree_flatten(info)
+    for path, leaf in zip(paths(spec), leaves):
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() < 2 or tuple(leaf.shape[:2]) != (1, B):
+            raise ActorContractError(f"{where}: info{path}: expected a tensor of shape (1, {B}, ...), found {_tensor_str(leaf)}")
+    leaves, spec = optree.tree_flatten(hx)
+    for path, leaf in zip(paths(spec), leaves):
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() < 2 or leaf.shape[1] != B:
+            raise ActorContractError(f"{where}: hx{path}: expected a tensor with batch size {B} at dim 1, found {_tensor_str(leaf)}")
+
+
+def _tensor_str(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r:.40}"
+
+
+def _copy_rows(spec: optree.PyTreeSpec, value: Any, rows: List[torch.Tensor], what: str) -> None:
+    """Copy the leaves of ``value`` into ``rows``; a changed structure or shape is an error."""
+    found, found_spec = optree.tree_flatten(value)
+    if found_spec != spec:
+        raise StructureError(f"the actor's {what} changed structure: expected {spec}, found {found_spec}")
+    for dst, src in zip(rows, found):
+        if src.shape != dst.shape:
+            raise ActorContractError(f"the actor's {what} changed shape: expected {tuple(dst.shape)}, found {_tensor_str(src)}")
+        dst.copy_(src)
+
+
+# ---------------------------------------------------------------------------------------- startup
+def startup(
+    envs: Union[EnvList, BatchedEnv],
+    actor: Actor,
+    n_steps: int,
+    *,
+    sticky: bool = False,
+    seed: Union[None, int, np.random.SeedSequence] = None,
+    env_info: Any = None,
+) -> Context:
+    """Reset and validate a batch of envs and the actor; return the running context.
+
+    Parameters
+    ----------
+    envs : EnvList or BatchedEnv
+        ``B`` envs (see :mod:`rollout.envs`).
+    actor : Actor
+        Called once with ``hx=None`` for a fresh recurrent state, which is then reset for all
+        envs, and to learn the layout of its outputs.
+    n_steps : int
+        ``T``, steps per fragment.
+    sticky : bool
+        Freeze an env from its episode end until the fragment ends (see the module docstring).
+    seed : int, SeedSequence or None
+        Every env's seed is derived from it.
+    env_info : None, sequence of str, or mapping
+        Env-info keys to record in ``Fragment.env``: None infers them from one probe step of a
+        copy of the first env; names; or name -> example value. Missing keys read 0 (False).
+
+    Returns
+    -------
+    Context
+
+    Raises
+    ------
+    ConfigurationError, EnvError, ActorContractError
+        With a message naming the leaf, the expected and the found value.
+    """
+    if not isinstance(actor, Actor):
+        raise ActorContractError(f"expected an actor subclassing rollout.Actor, found {type(actor).__name__}")
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ConfigurationError(f"n_steps must be a positive int, found {n_steps!r}")
+    if sticky and envs.batched:
+        raise ConfigurationError("sticky=True needs single envs: a batched env cannot leave its finished envs unstepped")
+    context = Context(envs, actor, n_steps, sticky)
+    B = len(envs)
+    obs_layout = Layout(envs.observation_space, "observation")
+    act_layout = Layout(envs.action_space, "action")
+    context.obs_layout, context.act_layout = obs_layout, act_layout
+
+    # Reset every env and check the observations against the space.
+    first = envs.reset(env_seeds(seed, B))
+    if envs.batched:
+        obs_rows = _batched_obs(obs_layout, first, B, "VectorEnv.reset")
+    else:
+        obs_layout.adopt(first[0], "env 0: reset() observation")
+        obs_rows = [np.zeros((B, *s), dtype=d) for s, d in zip(obs_layout.shapes, obs_layout.dtypes)]
+        for j, obs in enumerate(first):
+            if j:
+                obs_layout.adopt(obs, f"env {j}: reset() observation")
+            obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
+
+    probe = envs.probe() if env_info is None or not isinstance(env_info, dict) else None
+    if probe is not None:
+        obs_layout.adopt(probe[0], "env 0: step() observation")
+        if not isinstance(probe[1], (int, float, np.integer, np.floating, np.bool_)):
+            raise EnvError(f"env 0: step() reward: expected a number, found {type(probe[1]).__name__}")
+    elif env_info is None and not envs.batched:
+        _warn_no_probe()
+    examples = info_examples(env_info, probe[2] if probe is not None else None)
+    context.info_keys = [(key, _fill(example)) for key, example in examples.items()]
+    envs.bind(obs_layout, act_layout, context.info_keys)
+
+    # The carry row: row T of the last fragment (row 0 of the next one).
+    obs = [torch.from_numpy(x).unsqueeze(0) for x in obs_rows]
+    act = [torch.zeros((1, B, *s), dtype=torch_dtype(d)) for s, d in zip(act_layout.shapes, act_layout.dtypes)]
+    state = State(
+        stepno=torch.zeros((1, B), dtype=torch.int64),
+        obs=optree.tree_unflatten(obs_layout.spec, obs),
+        act=optree.tree_unflatten(act_layout.spec, act),
+        rew=torch.zeros((1, B), dtype=torch.float32),
+        fin=torch.ones((1, B), dtype=torch.bool),
+        terminated=torch.zeros((1, B), dtype=torch.bool),
+    )
+
+    # Ask the actor once for a fresh state and for the layout of its outputs.
+    context.device = _device(actor)
+    with torch.no_grad():
+        out = actor.step(*_to(context.device, tuple(state[:5])), hx=None, virtual=True)
+        _check_outputs(out, B, act_layout, f"{type(actor).__name__}.step")
+        _, hx, info = out
+        context.info_spec = optree.tree_structure(info)
+        context.hx_spec = optree.tree_structure(hx)
+        hx = _reset(actor, hx, torch.arange(B), context.hx_spec)
+    context.hx = hx
+
+    def example(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((1, 1, *x.shape[2:]), dtype=x.dtype)
+
+    actor_example = optree.tree_map(example, info)
+    context.spec = Fragment(
+        state=optree.tree_map(example, state),
+        actor=actor_example,
+        env={key: torch.zeros((1, 1, *ex.shape), dtype=torch_dtype(ex.dtype)) for key, ex in examples.items()},
+        hx=optree.tree_map(lambda h: torch.zeros((h.shape[0], 1, *h.shape[2:]), dtype=h.dtype), hx),
+        final=buffers.final_spec(optree.tree_map(example, state.obs), actor_example),
+        version=torch.zeros(1, dtype=torch.int64),
+    )
+    final = buffers.allocate(context.spec, 0, B).final
+    context.carry = optree.tree_leaves(state) + optree.tree_leaves(final)
+    context.stepno = np.zeros(B, dtype=np.int64)
+    context.episode_return = np.zeros(B, dtype=np.float64)
+    context.frozen = np.zeros(B, dtype=bool)
+    context.truncated = np.zeros(B, dtype=bool)
+    return context
+
+
+def _device(actor: torch.nn.Module) -> Optional[torch.device]:
+    for tensor in actor.parameters():
+        return None if tensor.device.type == "cpu" else tensor.device
+    return None
+
+
+def _to(device: Optional[torch.device], tree: Any) -> Any:
+    if device is None:
+        return tree
+    return optree.tree_map(lambda x: x.to(device, non_blocking=True), tree)
+
+
+def _reset(actor: Actor, hx: Any, at: torch.Tensor, spec: optree.PyTreeSpec) -> Any:
+    if spec.num_leaves == 0:
+        return hx
+    hx = actor.reset(hx, at.to(optree.tree_leaves(hx)[0].device))
+    found = optree.tree_structure(hx)
+    if found != spec:
+        raise ActorContractError(f"{type(actor).__name__}.reset changed the structure of hx: expected {spec}, found {found}")
+    return hx
+
+
+def _batched_obs(layout: Layout, value: Any, B: int, where: str) -> List[np.ndarray]:
+    leaves, spec = optree.tree_flatten(value)
+    if paths(spec) != layout.paths:
+        raise EnvError(f"{where}: expected observation leaves {layout.paths}, found {paths(spec)}")
+    layout.spec = spec
+    for path, leaf, shape, dtype in zip(layout.paths, leaves, layout.shapes, layout.dtypes):
+        if not isinstance(leaf, np.ndarray) or leaf.shape != (B, *shape) or leaf.dtype != dtype:
+            raise EnvError(f"{where}: observation{path}: expected an array of shape {(B, *shape)} and dtype {dtype}, found {leaf!r:.60}")
+    return leaves
+
+
+# ---------------------------------------------------------------------------------------- collect
+def collect(context: Context, fragment: Fragment) -> Fragment:
+    """Fill ``fragment`` with the next ``T`` steps of the batch (see the module's timing table).
+
+    Parameters
+    ----------
+    context : Context
+        From :func:`startup`; advanced in place (envs, recurrent state, counters).
+    fragment : Fragment
+        Buffers from ``context.allocate()`` (or columns of a larger buffer with the same layout),
+        overwritten: leaves ``(1+T, B, ...)``, ``env`` ``(T, B, ...)``.
+
+    Returns
+    -------
+    Fragment
+        ``fragment`` itself.
+    """
+    plan = context.plan(fragment)
+    actor, envs, T, sticky = context.actor, context.envs, context.n_steps, context.sticky
+    act_spec, info_spec, hx_spec = context.act_layout.spec, context.info_spec, context.hx_spec
+    device = context.device
+    stepno, ret, frozen, truncated = context.stepno, context.episode_return, context.frozen, context.truncated
+    with torch.no_grad():
+        # Row 0 is the previous fragment's row T; rows 1..T of `final` start empty.
+        for dst, src in zip(plan.state_leaves + plan.final_leaves, context.carry):
+            dst[0:1].copy_(src)
+        for dst in plan.final_leaves:
+            dst[1:].zero_()
+        for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
+            dst.copy_(src)
+        plan.version.fill_(context.version)
+        frozen[:] = False
+        hx = context.hx
+        for t in range(T):
+            act, hx_next, info = actor.step(*_to(device, plan.inputs[t]), hx=hx, virtual=False)
+            _copy_rows(act_spec, act, plan.act_rows[t + 1], "action")
+            _copy_rows(info_spec, info, plan.actor_rows[t], "info")
+            if optree.tree_structure(hx_next) != hx_spec:
+                raise StructureError(f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}")
+
+            t1 = t + 1
+            term = plan.terminated[t1]
+            any_ended = envs.step(plan.act_np[t1], plan.obs_np[t1], plan.final_obs_np[t1], plan.rew[t1], term,
+                                  truncated, plan.env_np[t], frozen if sticky else None)
+            stepno += 1
+            ret += plan.rew[t1]
+            if sticky and frozen.any():
+                stepno[frozen] = 0
+                for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
+                    row[frozen] = prev[frozen]
+            if any_ended:
+                ended = term | truncated
+                plan.episode_length[t1][ended] = stepno[ended]
+                plan.episode_return[t1][ended] = ret[ended]
+                if truncated.any():
+                    _bootstrap(context, plan, t1, hx_next, truncated, stepno)
+                stepno[ended] = 0
+                ret[ended] = 0.0
+                fin = ended | frozen
+                if sticky:
+                    np.logical_or(term, frozen, out=term)
+                    frozen |= ended
+            elif sticky:
+                fin = frozen
+                np.logical_or(term, frozen, out=term)
+            else:
+                fin = None
+            plan.stepno[t1] = stepno
+            if fin is None:
+                plan.fin[t1] = False
+            else:
+                plan.fin[t1] = fin
+                if fin.any():
+                    hx_next = _reset(actor, hx_next, torch.from_numpy(np.flatnonzero(fin)), hx_spec)
+            hx = hx_next
+
+        # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
+        _, _, info = actor.step(*_to(device, plan.inputs[T]), hx=hx, virtual=True)
+        _copy_rows(info_spec, info, plan.actor_rows[T], "info")
+        for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
+            dst.copy_(src[T:T + 1])
+        context.hx = hx
+    return fragment
+
+
+def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.ndarray, stepno: np.ndarray) -> None:
+    """Record the actor's virtual reaction to the true final observations of truncated envs."""
+    at = torch.from_numpy(np.flatnonzero(truncated))
+    take = lambda x: x[t1:t1 + 1].index_select(1, at)  # noqa: E731
+    state = plan.fragment.state
+    inputs = (
+        torch.from_numpy(stepno[truncated]).unsqueeze(0),
+        optree.tree_map(take, plan.fragment.final.obs),
+        optree.tree_map(take, state.act),
+        take(state.rew),
+        torch.zeros((1, len(at)), dtype=torch.bool),
+    )
+    hx = optree.tree_map(lambda h: h.index_select(1, at.to(h.device)), hx)
+    _, _, info = context.actor.step(*_to(context.device, inputs), hx=hx, virtual=True)
+    found, spec = optree.tree_flatten(info)
+    if spec != context.info_spec:
+        raise StructureError(f"the actor's info changed structure: expected {context.info_spec}, found {spec}")
+    for dst, src in zip(plan.final_actor_leaves, found):
+        dst[t1:t1 + 1].index_copy_(1, at, src.to(dst.device))

@@ -1,0 +1,462 @@
+"""One adapter over gymnasium envs, legacy gym envs and batched (vector) envs.
+
+Two kinds of env batch fill a fragment:
+
+* :class:`EnvList`: a list of single envs (gymnasium ``Env`` or legacy gym envs), stepped one by
+  one, each reset by us in the same step its episode ends (envs are never auto-reset by a
+  wrapper we rely on);
+* :class:`BatchedEnv`: one object stepping B envs with one call per step, a gymnasium
+  ``VectorEnv`` created with ``autoreset_mode`` ``SAME_STEP`` or ``DISABLED`` (the default
+  ``NEXT_STEP`` mode would mix the reset step into the data and is rejected).
+
+Both write straight into the fragment's numpy views (see :mod:`rollout.core`).
+"""
+
+import copy
+import inspect
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import optree
+
+from .errors import ConfigurationError, EnvError, StructureError
+from .nested import leaf_spaces, paths
+
+__all__ = [
+    "LegacyEnv",
+    "EnvList",
+    "BatchedEnv",
+    "adapt",
+    "make_env",
+    "is_batched",
+    "env_seeds",
+    "Layout",
+]
+
+try:  # gymnasium >= 1.1
+    from gymnasium.vector import AutoresetMode as _AutoresetMode
+except ImportError:  # pragma: no cover - old gymnasium
+    _AutoresetMode = None
+
+import gymnasium
+
+
+def is_batched(env: Any) -> bool:
+    """Whether ``env`` steps a batch of envs with one call (a gymnasium ``VectorEnv``)."""
+    return isinstance(env, gymnasium.vector.VectorEnv)
+
+
+def _is_env(env: Any) -> bool:
+    return all(hasattr(env, name) for name in ("step", "reset", "observation_space", "action_space"))
+
+
+class LegacyEnv:
+    """Gymnasium API over a legacy gym env.
+
+    Handles both legacy APIs: ``reset() -> obs`` with a 4-tuple ``step`` (``done`` plus
+    ``info['TimeLimit.truncated']``), and gym 0.26's ``reset(seed=) -> (obs, info)`` with a
+    5-tuple ``step``. The API is detected from the env's first answers.
+    """
+
+    def __init__(self, env: Any):
+        self.env = env
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+        self._new_reset: Optional[bool] = None
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        if self._new_reset is None:
+            params = _parameters(self.env.reset)
+            self._new_reset = "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if self._new_reset:
+            out = self.env.reset(seed=seed) if seed is not None else self.env.reset()
+        else:
+            if seed is not None and hasattr(self.env, "seed"):
+                self.env.seed(seed)
+            out = self.env.reset()
+        if (
+            isinstance(out, tuple)
+            and len(out) == 2
+            and isinstance(out[1], dict)
+            and type(self.observation_space).__name__ != "Tuple"
+        ):
+            return out
+        return out, {}
+
+    def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
+        out = self.env.step(action)
+        if len(out) == 5:
+            return out
+        if len(out) != 4:
+            raise EnvError(f"{type(self.env).__name__}.step returned {len(out)} values; expected 4 (legacy gym) or 5 (gymnasium)")
+        obs, rew, done, info = out
+        truncated = bool(info.get("TimeLimit.truncated", False)) if isinstance(info, dict) else False
+        return obs, rew, bool(done) and not truncated, truncated, info
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            close()
+
+
+def _parameters(fn: Callable) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def adapt(env: Any) -> Any:
+    """``env`` with the gymnasium API: gymnasium envs and vector envs as they are, others wrapped.
+
+    Raises
+    ------
+    EnvError
+        If ``env`` has no ``step``, ``reset``, ``observation_space`` and ``action_space``.
+    """
+    if isinstance(env, (gymnasium.Env, gymnasium.vector.VectorEnv, LegacyEnv)):
+        return env
+    if not _is_env(env):
+        raise EnvError(
+            f"expected an environment (gymnasium.Env, a legacy gym env or a gymnasium VectorEnv), "
+            f"found {type(env).__name__}: {env!r:.80}"
+        )
+    return LegacyEnv(env)
+
+
+def make_env(factory: Callable, seed: Optional[int]) -> Any:
+    """Call ``factory(seed)`` if it takes an argument, else ``factory()``, and adapt the result."""
+    if not callable(factory):
+        raise ConfigurationError(f"expected an env factory (a callable), found {type(factory).__name__}")
+    params = [p for p in _parameters(factory).values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    env = factory(seed) if params else factory()
+    try:
+        return adapt(env)
+    except EnvError as error:
+        raise EnvError(f"the env factory {getattr(factory, '__name__', factory)!r} did not return an env: {error}") from None
+
+
+def env_seeds(seed: Union[None, int, np.random.SeedSequence], n: int) -> List[int]:
+    """``n`` independent 32-bit seeds derived from one ``seed`` (``None``: fresh entropy)."""
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return [int(child.generate_state(1, np.uint32)[0]) for child in sequence.spawn(n)]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def _leaf_array(value: Any, shape: Tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """Check one observation leaf against its space's shape and dtype."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.shape != shape or value.dtype != dtype:
+            raise EnvError(f"{where}: expected shape {shape} and dtype {dtype}, found {_describe(np.asarray(value))}")
+        return
+    if isinstance(value, (bool, numbers.Number)) and shape == ():
+        kind = np.asarray(value).dtype.kind
+        if kind == dtype.kind or (kind == "i" and dtype.kind == "u") or (kind in "iub" and dtype.kind == "f"):
+            return
+    raise EnvError(f"{where}: expected shape {shape} and dtype {dtype}, found {_describe(value)}")
+
+
+class Layout:
+    """The flat layout of one nested space: leaf paths, shapes, dtypes and the tree spec.
+
+    ``spec`` is the structure of the values the env actually returns (a namedtuple observation
+    keeps its namedtuple type even though its space is a ``Tuple``).
+    """
+
+    def __init__(self, space: Any, name: str):
+        self.space = space
+        self.name = name
+        spaces, self.space_spec = leaf_spaces(space)
+        self.paths = paths(self.space_spec)
+        self.shapes, self.dtypes = [], []
+        for path, leaf in zip(self.paths, spaces):
+            shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+            if shape is None or dtype is None:
+                raise EnvError(f"{name}{path}: space {leaf!r} has no fixed shape and dtype; only Box, Discrete, MultiDiscrete, MultiBinary, Dict and Tuple spaces are supported")
+            self.shapes.append(tuple(shape))
+            self.dtypes.append(np.dtype(dtype))
+        self.spec: optree.PyTreeSpec = self.space_spec
+        self.is_leaf = self.space_spec.num_leaves == 1 and self.space_spec.num_nodes == 1
+
+    def adopt(self, value: Any, where: str) -> None:
+        """Check ``value`` against the space and adopt its nesting (e.g. namedtuples) as ``spec``."""
+        leaves, spec = optree.tree_flatten(value)
+        found = paths(spec)
+        if found != self.paths:
+            raise EnvError(f"{where}: expected the structure of {self.name} {self.space!r} with leaves {self.paths}, found leaves {found}")
+        for path, leaf, shape, dtype in zip(self.paths, leaves, self.shapes, self.dtypes):
+            _leaf_array(leaf, shape, dtype, f"{where}{path}")
+        self.spec = spec
+
+    def write(self, rows: List[np.ndarray], j: int, value: Any, where: str) -> None:
+        """Write one env's ``value`` into column ``j`` of the per-leaf ``rows`` ``(B, ...)``."""
+        if self.is_leaf:
+            if getattr(value, "shape", ()) != self.shapes[0]:
+                raise EnvError(f"{where}: expected shape {self.shapes[0]}, found {_describe(value)}")
+            rows[0][j] = value
+            return
+        for path, row, leaf, shape in zip(self.paths, rows, self.leaves(value, where), self.shapes):
+            if getattr(leaf, "shape", ()) != shape:
+                raise EnvError(f"{where}{path}: expected shape {shape}, found {_describe(leaf)}")
+            row[j] = leaf
+
+    def leaves(self, value: Any, where: str) -> List[Any]:
+        """Flat leaves of ``value``; a structure other than the adopted one is a StructureError."""
+        leaves, spec = optree.tree_flatten(value)
+        if spec != self.spec:
+            raise StructureError(f"{where}: the structure changed: expected {self.spec}, found {spec}")
+        return leaves
+
+
+def _recordable(value: Any) -> bool:
+    array = np.asarray(value) if isinstance(value, (numbers.Number, np.generic, np.ndarray)) else None
+    return array is not None and array.dtype.kind in "biuf"
+
+
+def info_examples(env_info: Union[None, Sequence[str], Mapping[str, Any]], probe: Optional[dict]) -> Dict[str, np.ndarray]:
+    """Examples (shape and dtype) of the env-info keys to record.
+
+    ``env_info`` None: every top-level key of ``probe`` (the info of one probe step) whose value
+    is a number, bool or numeric array; a sequence of names: those keys, taken from ``probe``; a
+    mapping: name -> example value.
+    """
+    if isinstance(env_info, Mapping):
+        out = {}
+        for key, example in env_info.items():
+            if not _recordable(example):
+                raise ConfigurationError(f"env_info[{key!r}]: expected a number or a numeric array as an example, found {_describe(example)}")
+            out[key] = np.asarray(example)
+        return out
+    probe = probe or {}
+    if env_info is None:
+        return {key: np.asarray(value) for key, value in probe.items() if isinstance(key, str) and not key.startswith("_") and _recordable(value)}
+    if isinstance(env_info, str):
+        raise ConfigurationError(f"env_info: expected a sequence of key names or a mapping, found the string {env_info!r}")
+    out = {}
+    for key in env_info:
+        if key not in probe or not _recordable(probe[key]):
+            raise ConfigurationError(
+                f"env_info: the key {key!r} is not a numeric value in the info of the first step "
+                f"(found keys {sorted(probe)}); declare it with an example value: env_info={{{key!r}: 0.0}}"
+            )
+        out[key] = np.asarray(probe[key])
+    return out
+
+
+class EnvList:
+    """A list of single envs stepped one by one (the ``for`` loop every collector needs).
+
+    Parameters
+    ----------
+    envs : list
+        Adapted envs (see :func:`adapt`) sharing one observation and action space.
+    """
+
+    batched = False
+
+    def __init__(self, envs: Sequence[Any], *, owned: bool):
+        if len(envs) == 0:
+            raise ConfigurationError("expected at least one env, found an empty list")
+        self.envs = [adapt(env) for env in envs]
+        self.owned = owned
+        first = self.envs[0]
+        self.observation_space = first.observation_space
+        self.action_space = first.action_space
+        for j, env in enumerate(self.envs[1:], 1):
+            if env.observation_space != self.observation_space or env.action_space != self.action_space:
+                raise EnvError(
+                    f"env {j} has spaces ({env.observation_space}, {env.action_space}); "
+                    f"env 0 has ({self.observation_space}, {self.action_space}); all envs of a batch must share them"
+                )
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def reset(self, seeds: Sequence[int]) -> List[Any]:
+        """Reset every env with its seed; returns the observations."""
+        return [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
+
+    def bind(self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]]) -> None:
+        """Fix the layouts used by :meth:`step` (called once by :func:`rollout.core.startup`)."""
+        self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
+        self._rew = [0.0] * len(self.envs)
+
+    def step(self, act, obs, final, rew, term, trunc, info, frozen) -> bool:
+        """Step every env (skipping ``frozen`` ones) and write the results into the row views.
+
+        Parameters
+        ----------
+        act : list of arrays ``(B, ...)``
+            The action leaves, read.
+        obs, final : list of arrays ``(B, ...)``
+            Observation leaves of the next row and the final-observation leaves, written (final
+            only where an episode ended; the env is then reset and ``obs`` gets the reset one).
+        rew, term, trunc : arrays ``(B,)``
+            Written; frozen envs get 0 / False.
+        info : dict of arrays ``(B, ...)``
+            The recorded env-info keys, written (fill value where a key is missing).
+        frozen : bool array ``(B,)`` or None
+            Envs not to step (sticky).
+
+        Returns
+        -------
+        bool
+            Whether any episode ended.
+        """
+        obs_layout, act_spec, info_keys = self.obs_layout, self.act_layout.spec, self.info_keys
+        single = self.act_layout.is_leaf
+        # One-leaf observations (the common case) skip the flatten: check the shape, write.
+        obs0, shape0 = (obs[0], obs_layout.shapes[0]) if obs_layout.is_leaf else (None, None)
+        act0 = act[0]
+        rews = self._rew
+        ended = []
+        for j, env in enumerate(self.envs):
+            if frozen is not None and frozen[j]:
+                rews[j] = 0.0
+                for key, fill in info_keys:
+                    info[key][j] = fill
+                continue
+            o, r, te, tr, inf = env.step(act0[j] if single else optree.tree_unflatten(act_spec, [x[j] for x in act]))
+            rews[j] = r
+            if te or tr:
+                ended.append((j, te, tr))
+                obs_layout.write(final, j, o, f"env {j}: step() observation")
+                o, _ = env.reset()
+            if obs0 is not None and getattr(o, "shape", None) == shape0:
+                obs0[j] = o
+            else:
+                obs_layout.write(obs, j, o, f"env {j}: observation")
+            if info_keys:
+                for key, fill in info_keys:
+                    info[key][j] = inf.get(key, fill)
+        rew[:] = rews
+        term[:] = False
+        trunc[:] = False
+        for j, te, tr in ended:
+            term[j], trunc[j] = te, tr
+        return bool(ended)
+
+    def probe(self) -> Optional[Tuple[Any, Any, dict]]:
+        """One step of a copy of env 0 with a sampled action: ``(obs, rew, info)``, or None."""
+        try:
+            env = copy.deepcopy(self.envs[0])
+        except Exception:  # an env holding a process or a handle cannot be copied
+            return None
+        try:
+            env.reset(seed=0)
+            space = copy.deepcopy(self.action_space)
+            space.seed(0)
+            obs, rew, _, _, info = env.step(space.sample())
+            return obs, rew, info
+        finally:
+            close = getattr(env, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        if self.owned:
+            for env in self.envs:
+                env.close()
+
+
+class BatchedEnv:
+    """A gymnasium ``VectorEnv`` stepping B envs with one call per step.
+
+    It must not auto-reset on the step after an episode end (``NEXT_STEP``, gymnasium's
+    default): create it with ``autoreset_mode=AutoresetMode.SAME_STEP`` (final observations in
+    ``info['final_obs']``) or ``AutoresetMode.DISABLED`` (then we reset the ended envs with
+    ``reset(options={'reset_mask': ended})`` in the same step).
+    """
+
+    batched = True
+
+    def __init__(self, env: Any, *, owned: bool):
+        mode = env.metadata.get("autoreset_mode") if isinstance(getattr(env, "metadata", None), dict) else None
+        name = getattr(mode, "name", str(mode))
+        if _AutoresetMode is None or mode not in (_AutoresetMode.SAME_STEP, _AutoresetMode.DISABLED):
+            raise ConfigurationError(
+                f"a VectorEnv must be created with autoreset_mode=AutoresetMode.SAME_STEP or DISABLED "
+                f"(gymnasium >= 1.1); found autoreset_mode {name}, whose reset step would enter the data"
+            )
+        self.env = env
+        self.owned = owned
+        self.same_step = mode == _AutoresetMode.SAME_STEP
+        self.observation_space = env.single_observation_space
+        self.action_space = env.single_action_space
+        self.n = int(env.num_envs)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def reset(self, seeds: Sequence[int]) -> Any:
+        return self.env.reset(seed=list(seeds))[0]
+
+    def bind(self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]]) -> None:
+        """Fix the layouts used by :meth:`step` (called once by :func:`rollout.core.startup`)."""
+        self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
+        self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
+
+    def step(self, act, obs, final, rew, term, trunc, info, frozen) -> bool:
+        """Step all B envs with one call; same parameters as :meth:`EnvList.step`."""
+        o, r, te, tr, inf = self.env.step(optree.tree_unflatten(self.act_layout.spec, act))
+        layout = self.obs_layout
+        leaves = layout.leaves(o, "VectorEnv.step observation")
+        for path, dst, src, shape in zip(layout.paths, obs, leaves, self._shapes):
+            if src.shape != shape:
+                raise EnvError(f"VectorEnv.step observation{path}: expected shape {shape}, found {_describe(src)}")
+            dst[...] = src
+        rew[:] = r
+        term[:] = te
+        trunc[:] = tr
+        ended = np.logical_or(te, tr)
+        any_ended = bool(ended.any())
+        if any_ended:
+            if self.same_step:
+                final_obs = inf["final_obs"]
+                for j in np.flatnonzero(ended):
+                    layout.write(final, j, final_obs[j], f"VectorEnv env {j}: final observation")
+            else:
+                for dst, src in zip(final, leaves):
+                    dst[ended] = src[ended]
+                reset, _ = self.env.reset(options={"reset_mask": ended})
+                for dst, src in zip(obs, layout.leaves(reset, "VectorEnv.reset observation")):
+                    dst[ended] = src[ended]
+        for key, fill in self.info_keys:
+            row = info[key]
+            value = inf.get(key)
+            if value is None:
+                row[...] = fill
+                continue
+            mask = inf.get("_" + key)
+            if mask is None:
+                row[...] = value
+            else:
+                row[...] = fill
+                row[mask] = np.asarray(value)[mask]
+        return any_ended
+
+    def probe(self) -> None:
+        return None  # stepping a copy of a vector env is not generally possible
+
+    def close(self) -> None:
+        if self.owned:
+            self.env.close()
+
+
+def _warn_no_probe() -> None:
+    warnings.warn(
+        "could not probe the env for info keys (it cannot be copied); no env info is recorded. "
+        "Pass env_info=... to declare the keys.",
+        stacklevel=4,
+    )
