@@ -273,12 +273,13 @@ def startup(
                 obs_layout.adopt(obs, f"env {j}: reset() observation")
             obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
 
-    probe = envs.probe() if env_info is None or not isinstance(env_info, dict) else None
+    wants_probe = env_info is None or (not isinstance(env_info, dict) and len(env_info) > 0)
+    probe = envs.probe() if wants_probe else None
     if probe is not None:
         obs_layout.adopt(probe[0], "env 0: step() observation")
         if not isinstance(probe[1], (int, float, np.integer, np.floating, np.bool_)):
             raise EnvError(f"env 0: step() reward: expected a number, found {type(probe[1]).__name__}")
-    elif env_info is None and not envs.batched:
+    elif wants_probe and not envs.batched:
         _warn_no_probe()
     examples = info_examples(env_info, probe[2] if probe is not None else None)
     context.info_keys = [(key, _fill(example)) for key, example in examples.items()]

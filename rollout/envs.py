@@ -270,11 +270,13 @@ class EnvList:
         first = self.envs[0]
         self.observation_space = first.observation_space
         self.action_space = first.action_space
+        layout = lambda space: [(x.shape, x.dtype) for x in leaf_spaces(space)[0]] + [leaf_spaces(space)[1]]  # noqa: E731
+        first_layout = (layout(self.observation_space), layout(self.action_space))
         for j, env in enumerate(self.envs[1:], 1):
-            if env.observation_space != self.observation_space or env.action_space != self.action_space:
+            if (layout(env.observation_space), layout(env.action_space)) != first_layout:
                 raise EnvError(
                     f"env {j} has spaces ({env.observation_space}, {env.action_space}); "
-                    f"env 0 has ({self.observation_space}, {self.action_space}); all envs of a batch must share them"
+                    f"env 0 has ({self.observation_space}, {self.action_space}); all envs of a batch must share their structure, shapes and dtypes"
                 )
 
     def __len__(self) -> int:

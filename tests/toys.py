@@ -1,0 +1,182 @@
+"""Deterministic toy envs and actors shared by the tests."""
+
+import collections
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+import rollout
+
+
+class Corridor(gymnasium.Env):
+    """Positions 0..length-1; action 0 advances, 1 stays. Reaching the end pays 1 and terminates.
+
+    obs: int64 (1,) position. ``max_steps`` truncates an episode (a time limit). ``info['pos']``
+    is the position after the step. ``start`` is where episodes begin (seed ignored: deterministic).
+    """
+
+    def __init__(self, length=4, max_steps=None, start=0):
+        self.length, self.max_steps, self.start = length, max_steps, start
+        self.observation_space = spaces.Box(0, length, (1,), np.int64)
+        self.action_space = spaces.Discrete(2)
+        self.actions = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.t = self.start, 0
+        return np.array([self.pos], dtype=np.int64), {}
+
+    def step(self, action):
+        self.actions.append(action)
+        self.t += 1
+        if int(action) == 0:
+            self.pos += 1
+        terminated = self.pos == self.length - 1
+        truncated = not terminated and self.max_steps is not None and self.t >= self.max_steps
+        return np.array([self.pos], dtype=np.int64), float(terminated), terminated, truncated, {"pos": self.pos}
+
+
+class BatchedCorridor(VectorEnv):
+    """B corridors stepped with one numpy call; ``autoreset_mode`` DISABLED (reset with a mask)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.DISABLED}
+
+    def __init__(self, num_envs, length=4, max_steps=None, start=0):
+        self.num_envs, self.length, self.max_steps, self.start = num_envs, length, max_steps, start
+        self.single_observation_space = spaces.Box(0, length, (1,), np.int64)
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = spaces.Box(0, length, (num_envs, 1), np.int64)
+        self.action_space = spaces.MultiDiscrete([2] * num_envs)
+        self.pos = np.full(num_envs, start, dtype=np.int64)
+        self.t = np.zeros(num_envs, dtype=np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        mask = np.ones(self.num_envs, bool) if not options else options["reset_mask"]
+        self.pos[mask], self.t[mask] = self.start, 0
+        return self.pos[:, None].copy(), {}
+
+    def step(self, actions):
+        self.t += 1
+        self.pos += np.asarray(actions) == 0
+        terminated = self.pos == self.length - 1
+        truncated = ~terminated & (self.t >= (self.max_steps or np.iinfo(np.int64).max))
+        info = {"pos": self.pos.copy(), "_pos": np.ones(self.num_envs, bool)}
+        return self.pos[:, None].copy(), terminated.astype(np.float64), terminated, truncated, info
+
+
+class Counter(rollout.Actor):
+    """Recurrent actor whose state counts the steps since its last reset.
+
+    Action: ``policy[stepno % len(policy)]`` (default always 0: advance). info: ``count`` (the
+    state before the step, as float), ``value`` = 10 * obs + count, ``virtual`` flag.
+    """
+
+    def __init__(self, policy=(0,)):
+        super().__init__()
+        self.policy = torch.tensor(policy, dtype=torch.int64)
+        self.calls = []
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        n_seq, B = obs.shape[:2]
+        if hx is None:
+            hx = torch.full((1, B, 1), 99.0)  # garbage: the collector must reset it
+        self.calls.append(dict(stepno=stepno.clone(), obs=obs.clone(), hx=hx.clone(), virtual=virtual))
+        count = hx[0, :, 0].expand(n_seq, B)
+        act = self.policy[stepno % len(self.policy)]
+        info = {"count": count.clone(), "value": 10.0 * obs[..., 0].float() + count,
+                "virtual": torch.full((n_seq, B), bool(virtual))}
+        return act, hx + 1, info
+
+
+class Feedforward(rollout.Actor):
+    """Deterministic feed-forward actor: always action 0, value = obs."""
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        return torch.zeros(obs.shape[:2], dtype=torch.int64), (), {"value": obs[..., 0].float()}
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Nested(gymnasium.Env):
+    """Dict observations with a nested Tuple and several dtypes; Dict actions, recorded."""
+
+    observation_space = spaces.Dict({
+        "pos": spaces.Box(-10, 10, (2,), np.int32),
+        "vel": spaces.Box(-1, 1, (3,), np.float64),
+        "pair": spaces.Tuple((spaces.Discrete(5), spaces.MultiBinary(4))),
+    })
+    action_space = spaces.Dict({"move": spaces.Discrete(3), "force": spaces.Box(-1, 1, (2,), np.float32)})
+
+    def __init__(self):
+        self.actions, self.t = [], 0
+
+    def _obs(self):
+        t = self.t
+        return {"pos": np.array([t, -t], np.int32), "vel": np.full(3, t / 10, np.float64),
+                "pair": (np.int64(t % 5), np.array([t % 2, 1, 0, 1], np.int8))}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.actions.append(action)
+        self.t += 1
+        return self._obs(), 0.5, False, self.t % 3 == 0, {}
+
+
+class NestedActor(rollout.Actor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        n, B = stepno.shape
+        action = {"move": (stepno % 3).to(torch.int64), "force": torch.stack([obs["vel"][..., 0].float(), stepno.float()], -1)}
+        return action, (), {"pos": obs["pos"].clone(), "bit": obs["pair"][1][..., 0].clone()}
+
+
+class PointEnv(gymnasium.Env):
+    """Namedtuple observations over a Tuple space."""
+
+    observation_space = spaces.Tuple((spaces.Box(0, 100, (), np.float32), spaces.Box(0, 100, (2,), np.int16)))
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return Point(np.float32(0), np.zeros(2, np.int16)), {}
+
+    def step(self, action):
+        self.t += 1
+        return Point(np.float32(self.t), np.full(2, self.t, np.int16)), 1.0, False, False, {}
+
+
+class PointActor(rollout.Actor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        assert isinstance(obs, Point), type(obs)
+        return torch.zeros_like(stepno), (), {"x": obs.x.clone(), "y": obs.y.clone()}
+
+
+class LegacyCorridor:
+    """A legacy gym-API env (no gymnasium base class): ``reset() -> obs``, 4-tuple ``step``."""
+
+    def __init__(self, length=4, max_steps=None):
+        self.inner = Corridor(length, max_steps)
+        self.observation_space, self.action_space = self.inner.observation_space, self.inner.action_space
+        self.seeded = None
+
+    def seed(self, seed):
+        self.seeded = seed
+
+    def reset(self):
+        return self.inner.reset()[0]
+
+    def step(self, action):
+        obs, rew, terminated, truncated, info = self.inner.step(action)
+        info = dict(info)
+        if truncated:
+            info["TimeLimit.truncated"] = True
+        return obs, rew, terminated or truncated, info
+
+    def close(self):
+        pass
