@@ -180,3 +180,71 @@ class LegacyCorridor:
 
     def close(self):
         pass
+
+
+def in_worker():
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+class Tagged(Corridor):
+    """Corridor whose observation is [pid of the stepping process, position]."""
+
+    def __init__(self, length=5, max_steps=None):
+        super().__init__(length, max_steps)
+        self.observation_space = spaces.Box(0, 2**62, (2,), np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        return np.array([__import__("os").getpid(), obs[0]], np.int64), info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return (np.array([__import__("os").getpid(), obs[0]], np.int64), *rest)
+
+
+class FailsInWorker(Corridor):
+    """Raises in a worker process: in ``step`` at step ``at_step``, or in the second ``reset``."""
+
+    def __init__(self, where="step", at_step=3):
+        super().__init__()
+        self.where, self.at_step, self.resets = where, at_step, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.where == "reset" and in_worker() and self.resets >= 2:
+            raise RuntimeError("reset failed on purpose")
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        if self.where == "step" and in_worker() and self.t + 1 >= self.at_step:
+            raise RuntimeError("step failed on purpose")
+        return super().step(action)
+
+
+class FailingActor(Feedforward):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        if in_worker() and int(stepno.max()) >= 2:
+            raise ValueError("actor failed on purpose")
+        return super().step(stepno, obs, act, rew, fin, hx=hx, virtual=virtual)
+
+
+class Switch(rollout.Actor):
+    """Action 0 while its weight is positive, 1 otherwise; records the weight it used."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        act = torch.full(stepno.shape, int(self.weight.item() <= 0), dtype=torch.int64)
+        return act, (), {"weight": self.weight.detach().expand(stepno.shape).clone()}
+
+
+class Slow(Corridor):
+    """A corridor whose step sleeps (a slow env)."""
+
+    def step(self, action):
+        __import__("time").sleep(0.05)
+        return super().step(action)

@@ -1,0 +1,71 @@
+"""``rollout()`` with one worker process, double-buffered.
+
+The worker owns the envs and its own copy of the actor and fills one of two shared-memory
+fragment buffers while the learner trains on the other. The yielded fragment is the shared buffer
+itself (zero copy): it is valid until the next ``next()``, when the worker may start refilling it;
+call ``fragment.clone()`` to keep it.
+
+Lag: every ``next()`` publishes the learner's weights; the fragment yielded by ``next()`` number
+k (from 0) was collected with the weights published at ``next()`` k - 1 or k: at most one update
+behind (``Fragment.version`` records which). With the same ``seed``, a deterministic actor whose
+weights do not change, and a deterministic env, it yields exactly the fragments of
+:func:`rollout.same.rollout`.
+"""
+
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from .actor import Actor
+from .feed import Feed
+from .multi import _pool
+
+__all__ = ["rollout"]
+
+
+def rollout(
+    factory: Callable,
+    actor: Actor,
+    n_steps: int,
+    n_envs: int,
+    *,
+    sticky: bool = False,
+    seed: Union[None, int, np.random.SeedSequence] = None,
+    device: Union[None, str, torch.device] = None,
+    pinned: bool = False,
+    start_method: Optional[str] = None,
+    env_info: Any = None,
+    n_threads: int = 1,
+    close: bool = True,
+    timeout: float = 10.0,
+) -> Feed:
+    """Yield fragments collected by one worker process while the learner trains.
+
+    Parameters
+    ----------
+    factory : callable
+        ``factory()`` or ``factory(seed)`` returning an env (cloudpickled to the worker).
+    actor : Actor
+        Copied into the worker; its weights are published at every ``next()``.
+    n_steps : int
+        ``T``, steps per fragment.
+    n_envs : int
+        ``B``, envs stepped by the worker.
+    sticky, seed, device, pinned, start_method, env_info, n_threads, close, timeout
+        As for :func:`rollout.multi.rollout`; ``seed`` seeds the envs exactly as
+        :func:`rollout.same.rollout` does.
+
+    Yields
+    ------
+    Fragment
+        Leaves ``(1+T, B, ...)``, valid until the next ``next()``.
+
+    Examples
+    --------
+    >>> with rollout(make_env, actor, 64, 8, seed=0) as feed:
+    ...     for fragment in itertools.islice(feed, 100):
+    ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
+    """
+    return _pool(factory, actor, n_steps, 1, n_envs, 1, 2, [seed], sticky=sticky, device=device, pinned=pinned,
+                 start_method=start_method, env_info=env_info, n_threads=n_threads, close=close, timeout=timeout)
