@@ -3,7 +3,7 @@
 from . import errors
 from .actor import Actor
 from .fragment import Episodes, Final, Fragment, State, clone, episodes
-from . import same
+from . import multi, same, single, sync
 from .evaluate import Evaluation, evaluate
 
-__all__ = ["Actor", "Fragment", "State", "Final", "Episodes", "episodes", "clone", "errors", "same", "evaluate", "Evaluation"]
+__all__ = ["Actor", "Fragment", "State", "Final", "Episodes", "episodes", "clone", "errors", "same", "single", "multi", "sync", "evaluate", "Evaluation"]
