@@ -227,24 +227,36 @@ class _Pool:
             self.pipes.append(parent)
 
     def receive(self) -> tuple:
-        """The next message from any worker; raises WorkerError for a failure or a death."""
+        """The next message from any worker; raises WorkerError for a failure or a death.
+
+        A dead worker is reported even while the others keep delivering.
+        """
         while True:
             ready = multiprocessing.connection.wait(self.pipes + [p.sentinel for p in self.processes], _POLL)
+            for index, process in enumerate(self.processes):
+                if process.sentinel in ready:
+                    self._raise_for(index)
             for index, pipe in enumerate(self.pipes):
                 if pipe in ready:
-                    try:
-                        message = pipe.recv()
-                    except EOFError:
-                        continue  # its sentinel tells the rest
+                    message = pipe.recv()
                     if message[0] == "error":
                         raise WorkerError(f"worker {index} failed:\n{message[1]}")
                     return message
-            for index, process in enumerate(self.processes):
-                if process.sentinel in ready and not self.pipes[index].poll():
-                    process.join(1.0)  # reap it, so that exitcode is known
-                    code = process.exitcode
-                    how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
-                    raise WorkerError(f"worker {index} (pid {process.pid}) {how} without reporting an error")
+
+    def _raise_for(self, index: int) -> None:
+        """Raise the error a dead worker reported, or say how it died."""
+        pipe, process = self.pipes[index], self.processes[index]
+        try:
+            while pipe.poll():
+                message = pipe.recv()
+                if message[0] == "error":
+                    raise WorkerError(f"worker {index} failed:\n{message[1]}")
+        except (EOFError, OSError):
+            pass
+        process.join(1.0)  # reap it, so that exitcode is known
+        code = process.exitcode
+        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        raise WorkerError(f"worker {index} (pid {process.pid}) {how} without reporting an error")
 
     def shutdown(self) -> None:
         self.stop_event.set()
