@@ -306,3 +306,66 @@ def random_fragment(n_steps: int = 6, n_envs: int = 4, **kwargs: Any) -> Fragmen
 def snapshot(tree: Any) -> Any:
     """Deep copy of every tensor leaf, to check later that nothing was modified."""
     return optree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree)
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers for loss tests
+
+
+def gradients(module: nn.Module, loss: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+    """``loss.backward()`` from zeroed gradients; each parameter's gradient (None if untouched)."""
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()}
+
+
+def has_gradient(grads: Dict[str, Optional[torch.Tensor]], prefix: str) -> bool:
+    """Whether any parameter named ``prefix...`` got a nonzero gradient."""
+    return any(g is not None and bool(g.abs().sum() > 0) for n, g in grads.items() if n.startswith(prefix))
+
+
+def perturb_padding(fragment: Fragment, seed: int = 0) -> Fragment:
+    """A copy whose invalid transitions (sticky padding) have other actions, rewards, observations.
+
+    Rows ``t+1`` of the invalid transitions ``t`` are padding: a loss that masks them correctly
+    does not change.
+    """
+    from learners.returns import valid_mask
+
+    g = torch.Generator().manual_seed(seed)
+    invalid = ~valid_mask(fragment)
+    assert invalid.any(), "the fragment has no padding"
+    rows = torch.cat([torch.zeros_like(invalid[:1]), invalid])  # row t+1 of transition t
+    state = snapshot(fragment.state)
+    state.rew[rows] = 100 * torch.randn(int(rows.sum()), generator=g)
+    state.act[rows] = torch.randint(0, 2, (int(rows.sum()),), generator=g).to(state.act.dtype)
+    state.obs[rows] = torch.randn(state.obs[rows].shape, generator=g)
+    actor = snapshot(fragment.actor)
+    if "logp" in actor:
+        actor["logp"][torch.cat([invalid, torch.zeros_like(invalid[:1])])] = -7.0
+    return fragment._replace(state=state, actor=actor)
+
+
+def naive_next_value(fragment: Fragment, value: torch.Tensor) -> torch.Tensor:
+    """(T, B) value of the true next state, element by element (DESIGN §4)."""
+    state = fragment.state
+    n_steps, n_envs = state.rew.shape[0] - 1, state.rew.shape[1]
+    out = torch.zeros(n_steps, n_envs, dtype=value.dtype)
+    for t in range(n_steps):
+        for b in range(n_envs):
+            if state.terminated[t + 1, b]:
+                out[t, b] = 0.0
+            elif state.fin[t + 1, b]:
+                out[t, b] = fragment.final.actor["value"][t + 1, b]
+            else:
+                out[t, b] = value[t + 1, b]
+    return out
+
+
+def naive_valid(fragment: Fragment) -> torch.Tensor:
+    """(T, B): transition t is real unless row t+1 is sticky padding."""
+    state, length = fragment.state, fragment.final.episode_length
+    n_steps, n_envs = state.rew.shape[0] - 1, state.rew.shape[1]
+    return torch.tensor(
+        [[not (bool(state.fin[t + 1, b]) and int(length[t + 1, b]) == 0) for b in range(n_envs)] for t in range(n_steps)]
+    )
