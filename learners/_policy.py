@@ -67,7 +67,9 @@ def behaviour_logp(module: torch.nn.Module, actor: Dict[str, Any], action: Any, 
     if isinstance(recorded, torch.Tensor):
         logp = recorded[:-1]
         if logp.shape != shape:
-            raise ValueError(f"actor['logp'] must have shape (1+T, B) = {(shape[0] + 1, *shape[1:])}, got {tuple(recorded.shape)}")
+            raise ValueError(
+                f"actor['logp'] must have shape (1+T, B) = {(shape[0] + 1, *shape[1:])}, got {tuple(recorded.shape)}"
+            )
         return logp
     logp, _ = log_prob_entropy(distribution(module, rows(actor, slice(None, -1))), action, shape)
     return logp

@@ -148,7 +148,8 @@ class ReplayBuffer:
         leaves = optree.tree_leaves(batch)
         n = leaves[0].shape[0]
         if any(x.dim() == 0 or x.shape[0] != n for x in leaves):
-            raise ValueError(f"ReplayBuffer: every leaf needs the same leading size N, got {[tuple(x.shape) for x in leaves]}")
+            shapes = [tuple(x.shape) for x in leaves]
+            raise ValueError(f"ReplayBuffer: every leaf needs the same leading size N, got {shapes}")
         if self._storage is None:
             self._allocate(batch)
         spec, layout = _describe(batch)
@@ -160,7 +161,8 @@ class ReplayBuffer:
         kept = min(n, self.capacity)
         slots = (self._next + (n - kept) + torch.arange(kept)) % self.capacity
         slots = slots.to(self.device)
-        optree.tree_map(lambda store, x: store.index_copy_(0, slots, x[n - kept:].to(self.device)), self._storage, batch)
+        newest = optree.tree_map(lambda x: x[n - kept:].to(self.device), batch)
+        optree.tree_map(lambda store, x: store.index_copy_(0, slots, x), self._storage, newest)
         self._next = (self._next + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
         return n

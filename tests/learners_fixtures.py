@@ -366,6 +366,5 @@ def naive_valid(fragment: Fragment) -> torch.Tensor:
     """(T, B): transition t is real unless row t+1 is sticky padding."""
     state, length = fragment.state, fragment.final.episode_length
     n_steps, n_envs = state.rew.shape[0] - 1, state.rew.shape[1]
-    return torch.tensor(
-        [[not (bool(state.fin[t + 1, b]) and int(length[t + 1, b]) == 0) for b in range(n_envs)] for t in range(n_steps)]
-    )
+    padding = lambda t, b: bool(state.fin[t + 1, b]) and int(length[t + 1, b]) == 0  # noqa: E731
+    return torch.tensor([[not padding(t, b) for b in range(n_envs)] for t in range(n_steps)])

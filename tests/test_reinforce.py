@@ -29,7 +29,9 @@ def test_loss_matches_hand_computation(baseline):
         logp, entropy = dist.log_prob(state.act[1:]), dist.entropy()
         value = module.value(state.obs).squeeze(-1)
     next_value = naive_next_value(fragment, value)
-    returns = naive_discounted(state.rew[1:].double(), next_value.double(), state.fin[1:], state.terminated[1:], 0.9).float()
+    returns = naive_discounted(
+        state.rew[1:].double(), next_value.double(), state.fin[1:], state.terminated[1:], 0.9
+    ).float()
     weight = naive_valid(fragment).float()
     n = weight.sum()
     advantage = returns - value[:-1] if baseline else returns
@@ -51,7 +53,8 @@ def test_whole_episode_returns_only_weight_finished_episodes():
     finished = torch.stack([fin[t:].any(0) for t in range(fin.shape[0])])
     assert 0 < finished.sum() < finished.numel()
     assert info["n_samples"] == float((finished & naive_valid(fragment)).sum())
-    returns = naive_discounted(state.rew[1:].double(), torch.zeros(8, 5, dtype=torch.float64), fin, state.terminated[1:], 0.9)
+    no_values = torch.zeros(8, 5, dtype=torch.float64)
+    returns = naive_discounted(state.rew[1:].double(), no_values, fin, state.terminated[1:], 0.9)
     assert info["return_mean"] == pytest.approx(float(returns[finished].mean()), rel=1e-5)
 
 

@@ -229,9 +229,10 @@ def test_gae_vs_naive(shape, gamma, lam):
     adv, target = returns.gae(
         d["rew"], d["value"], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=gamma, lam=lam
     )
-    torch.testing.assert_close(adv, naive_gae(d["rew"], d["value"], d["next_value"], d["fin"], d["terminated"], gamma, lam))
+    masks = d["fin"], d["terminated"]
+    torch.testing.assert_close(adv, naive_gae(d["rew"], d["value"], d["next_value"], *masks, gamma, lam))
     # The target is the TD(lambda) return, computed by its own recursion.
-    torch.testing.assert_close(target, naive_lambda_return(d["rew"], d["next_value"], d["fin"], d["terminated"], gamma, lam))
+    torch.testing.assert_close(target, naive_lambda_return(d["rew"], d["next_value"], *masks, gamma, lam))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -290,7 +291,9 @@ def test_terminated_slots_are_not_read():
 
 def test_next_values_vs_naive():
     d = make_data((9, 3, 2), seed=11)
-    out = returns.next_values(d["values"], fin=d["fin"], terminated=d["terminated"], truncation_value=d["truncation_value"])
+    out = returns.next_values(
+        d["values"], fin=d["fin"], terminated=d["terminated"], truncation_value=d["truncation_value"]
+    )
     torch.testing.assert_close(out, d["next_value"])
 
 
@@ -301,7 +304,9 @@ def test_next_values_vs_naive():
 def test_shape_mismatch_names_argument_and_shapes():
     d = make_data((5, 3), seed=0)
     with pytest.raises(ValueError, match=r"`value` must have the shape of `rew` .* \(5, 3\), got \(5, 2\)"):
-        returns.gae(d["rew"], d["value"][:, :2], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, lam=0.9)
+        returns.gae(
+            d["rew"], d["value"][:, :2], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, lam=0.9
+        )
     with pytest.raises(ValueError, match="`fin` must have the shape"):
         returns.discounted_returns(d["rew"], fin=d["fin"][1:], terminated=d["terminated"], gamma=0.9)
     with pytest.raises(ValueError, match=r"`value` must have shape \(1\+T, B, \.\.\.\) = \(6, 3\), got \(5, 3\)"):
@@ -313,23 +318,28 @@ def test_mask_checks():
     with pytest.raises(ValueError, match="`fin` must be a bool tensor, got dtype torch.float32"):
         returns.discounted_returns(d["rew"], fin=d["fin"].float(), terminated=d["terminated"], gamma=0.9)
     with pytest.raises(ValueError, match="`terminated` must imply `fin`"):
-        returns.discounted_returns(d["rew"], fin=torch.zeros_like(d["fin"]), terminated=torch.ones_like(d["fin"]), gamma=0.9)
+        returns.discounted_returns(
+            d["rew"], fin=torch.zeros_like(d["fin"]), terminated=torch.ones_like(d["fin"]), gamma=0.9
+        )
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda d: returns.discounted_returns(d["rew"], fin=d["fin"], terminated=d["terminated"], gamma=1.5), "`gamma` must be in"),
-        (lambda d: returns.gae(d["rew"], d["value"], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, lam=-0.1), "`lam` must be in"),
-        (lambda d: returns.n_step_returns(d["rew"], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, n=0), "`n` must be an int >= 1"),
-        (lambda d: returns.vtrace(d["rew"], d["value"], d["next_value"], d["log_rho"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, c_bar=0.0), "`c_bar` must be > 0"),
-        (lambda d: returns.next_values(d["values"], fin=d["fin"], terminated=d["terminated"], truncation_value=None), "no `truncation_value`"),
+        (lambda d, m: returns.discounted_returns(d["rew"], gamma=1.5, **m), "`gamma` must be in"),
+        (lambda d, m: returns.gae(d["rew"], d["value"], d["next_value"], gamma=0.9, lam=-0.1, **m), "`lam` must be in"),
+        (lambda d, m: returns.n_step_returns(d["rew"], d["next_value"], gamma=0.9, n=0, **m), "`n` must be an int"),
+        (
+            lambda d, m: returns.vtrace(d["rew"], d["value"], d["next_value"], d["log_rho"], gamma=0.9, c_bar=0.0, **m),
+            "`c_bar` must be > 0",
+        ),
+        (lambda d, m: returns.next_values(d["values"], truncation_value=None, **m), "no `truncation_value`"),
     ],
 )
 def test_option_checks(call, message):
     d = make_data((5, 3), seed=4)
     with pytest.raises(ValueError, match=message):
-        call(d)
+        call(d, dict(fin=d["fin"], terminated=d["terminated"]))
 
 
 # ---------------------------------------------------------------------------------------------------
