@@ -158,7 +158,8 @@ def minibatches(
         raise ValueError(
             f"ppo.minibatches: `n_minibatches` must be an int in [1, {n_samples}] ({unit}), got {n_minibatches!r}"
         )
-    order = torch.randperm(n_samples, generator=generator).to(prepared.valid.device)
+    device = generator.device if generator is not None else torch.device("cpu")
+    order = torch.randperm(n_samples, generator=generator, device=device).to(prepared.valid.device)
     fields = prepared._replace(hx=())
     for index in torch.tensor_split(order, n_minibatches):
         if sequences:

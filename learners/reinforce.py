@@ -103,7 +103,7 @@ def loss(
 
     advantage = returns - value[:-1].detach() if baseline else returns
     policy_loss = -_policy.masked_mean(logp * advantage, weight)
-    value_loss = torch.zeros(())
+    value_loss = policy_loss.new_zeros(())
     if baseline:
         error = value[:-1] - returns
         value_loss = 0.5 * _policy.masked_mean(error * error, weight)

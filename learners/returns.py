@@ -102,7 +102,7 @@ def _check_unit(function: str, name: str, x: float) -> None:
 
 def _bootstrap(next_value: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
     # `where`, not a product: a NaN/inf in an unused slot must not leak into the result.
-    return torch.where(terminated, torch.zeros((), dtype=next_value.dtype), next_value)
+    return torch.where(terminated, next_value.new_zeros(()), next_value)
 
 
 def _cut(fin: torch.Tensor) -> torch.Tensor:

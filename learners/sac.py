@@ -143,11 +143,13 @@ def tanh_normal_sample(
     log_prob : Tensor, (...)
         As :func:`tanh_normal_log_prob`.
     """
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    device = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=device).to(mean.device)
     pre_tanh = mean + log_std.exp() * noise
     # The Gaussian term from the noise itself: exact, and no division by a small std.
     gaussian = -0.5 * noise * noise - log_std - _HALF_LOG_2PI
     log_prob = (gaussian - _log_scale(scale, pre_tanh) - _squash_log_det(pre_tanh)).sum(-1)
+    scale, bias = (torch.as_tensor(x, dtype=mean.dtype, device=mean.device) for x in (scale, bias))
     return scale * torch.tanh(pre_tanh) + bias, log_prob
 
 
