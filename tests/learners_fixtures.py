@@ -368,3 +368,31 @@ def naive_valid(fragment: Fragment) -> torch.Tensor:
     n_steps, n_envs = state.rew.shape[0] - 1, state.rew.shape[1]
     padding = lambda t, b: bool(state.fin[t + 1, b]) and int(length[t + 1, b]) == 0  # noqa: E731
     return torch.tensor([[not padding(t, b) for b in range(n_envs)] for t in range(n_steps)])
+
+
+def rewarded_action_probability(loss_fn, steps: int = 8, lr: float = 0.1) -> Tuple[float, float]:
+    """Train an :class:`MLPActor` on fresh fragments where only action 0 is rewarded.
+
+    Returns the mean probability of action 0 on fixed probe observations before and after: a
+    loss with a sign or wiring error does not move it up.
+    """
+    torch.manual_seed(0)
+    module = MLPActor()
+    optim = torch.optim.Adam(module.parameters(), lr=lr)
+    collector = ToyCollector(8, module=module, p_end=0.2)
+    probe = torch.randn(256, 4, generator=torch.Generator().manual_seed(1))
+
+    def probability() -> float:
+        with torch.no_grad():
+            return torch.softmax(module.policy(probe), -1)[:, 0].mean().item()
+
+    before = probability()
+    for _ in range(steps):
+        fragment = collector.fragment(8)
+        rew = fragment.state.rew.clone()
+        rew[1:] = (fragment.state.act[1:] == 0).float()
+        loss = loss_fn(fragment._replace(state=fragment.state._replace(rew=rew)), module)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    return before, probability()

@@ -6,8 +6,8 @@ from torch.distributions import Categorical
 
 from learners import a2c
 from tests.learners_fixtures import (
-    GaussianActor, GRUActor, MLPActor, ToyCollector, gradients, has_gradient, naive_next_value,
-    naive_valid, perturb_padding, snapshot, tree_equal,
+    GRUActor, GaussianActor, MLPActor, ToyCollector, gradients, has_gradient, naive_next_value,
+    naive_valid, perturb_padding, rewarded_action_probability, snapshot, tree_equal,
 )
 from tests.test_returns import naive_gae, naive_vtrace
 
@@ -164,3 +164,9 @@ def test_argument_errors():
         a2c.loss(fragment, module, correction="is")
     with pytest.raises(ValueError, match="`rho_bar` must be > 0"):
         a2c.loss(fragment, module, correction="vtrace", rho_bar=0.0)
+
+
+@pytest.mark.parametrize("correction", a2c.CORRECTIONS)
+def test_learns_the_rewarded_action(correction):
+    before, after = rewarded_action_probability(lambda f, m: a2c.loss(f, m, gamma=0.9, correction=correction)[0])
+    assert before < 0.4 and after > 0.8

@@ -8,8 +8,8 @@ from torch.distributions import Categorical
 
 from learners import a2c, ppo
 from tests.learners_fixtures import (
-    GaussianActor, GRUActor, MLPActor, ToyCollector, gradients, has_gradient, perturb_padding, snapshot,
-    tree_equal,
+    GRUActor, GaussianActor, MLPActor, ToyCollector, gradients, has_gradient, perturb_padding,
+    rewarded_action_probability, snapshot, tree_equal,
 )
 
 
@@ -243,3 +243,12 @@ def test_argument_errors():
         ppo.loss(fragment, module, clip=0)
     with pytest.raises(ValueError, match="must be a Prepared minibatch or a Fragment, got dict"):
         ppo.loss({}, module)
+
+
+def test_learns_the_rewarded_action():
+    def loss_fn(fragment, module):
+        prepared = ppo.prepare(fragment, module, gamma=0.9)
+        return sum(ppo.loss(mb, module)[0] for mb in ppo.minibatches(prepared, 2))
+
+    before, after = rewarded_action_probability(loss_fn)
+    assert before < 0.4 and after > 0.8

@@ -7,7 +7,7 @@ from torch.distributions import Categorical
 from learners import reinforce
 from tests.learners_fixtures import (
     MLPActor, ToyCollector, gradients, has_gradient, naive_next_value, naive_valid, perturb_padding,
-    snapshot, tree_equal,
+    rewarded_action_probability, snapshot, tree_equal,
 )
 from tests.test_returns import naive_discounted
 
@@ -109,3 +109,8 @@ def test_negative_coefficient_is_an_error():
     module = MLPActor()
     with pytest.raises(ValueError, match="`entropy_coef` must be >= 0, got -1"):
         reinforce.loss(collect(module), module, entropy_coef=-1)
+
+
+def test_learns_the_rewarded_action():
+    before, after = rewarded_action_probability(lambda f, m: reinforce.loss(f, m, gamma=0.9)[0])
+    assert before < 0.4 and after > 0.8
