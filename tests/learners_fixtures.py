@@ -396,3 +396,26 @@ def rewarded_action_probability(loss_fn, steps: int = 8, lr: float = 0.1) -> Tup
         loss.backward()
         optim.step()
     return before, probability()
+
+
+def collect(module: Actor, seed: int = 0, n_envs: int = 5, n_steps: int = 8, skip: int = 0, **kwargs: Any) -> Fragment:
+    """The fragment after ``skip`` others from a :class:`ToyCollector` driven by ``module``."""
+    torch.manual_seed(seed)  # the module samples its actions from the global generator
+    collector = ToyCollector(n_envs, module=module, p_end=0.25, seed=seed, **kwargs)
+    for _ in range(skip):
+        collector.fragment(n_steps)
+    return collector.fragment(n_steps)
+
+
+def lagged(seed: int = 0, moved: str = "", **kwargs: Any) -> Tuple[Fragment, MLPActor]:
+    """A fragment collected by an :class:`MLPActor`, and a copy of it whose parameters named
+    ``moved...`` (all by default) have moved on since, as a learner's would."""
+    behaviour = MLPActor()
+    fragment = collect(behaviour, seed=seed, **kwargs)
+    module = MLPActor()
+    module.load_state_dict(behaviour.state_dict())
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith(moved):
+                p.add_(0.3 * torch.randn_like(p))
+    return fragment, module

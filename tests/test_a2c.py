@@ -6,15 +6,10 @@ from torch.distributions import Categorical
 
 from learners import a2c
 from tests.learners_fixtures import (
-    GRUActor, GaussianActor, MLPActor, ToyCollector, gradients, has_gradient, naive_next_value,
-    naive_valid, perturb_padding, rewarded_action_probability, snapshot, tree_equal,
+    GRUActor, GaussianActor, MLPActor, ToyCollector, collect, gradients, has_gradient, lagged,
+    naive_next_value, naive_valid, perturb_padding, rewarded_action_probability, snapshot, tree_equal,
 )
 from tests.test_returns import naive_gae, naive_vtrace
-
-
-def collect(module, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return ToyCollector(5, module=module, p_end=0.25, seed=seed, **kwargs).fragment(8)
 
 
 def expected_terms(fragment, module, gamma, lam, behaviour=None, correction=None, rho_bar=1.0, c_bar=1.0):
@@ -54,21 +49,9 @@ def test_loss_matches_hand_computation(lam):
     assert loss.item() == pytest.approx(policy_loss + 0.5 * value_loss - 0.1 * entropy, rel=1e-5, abs=1e-6)
 
 
-def lagged(seed=0, **kwargs):
-    """A fragment collected by a module, and a copy of that module moved on since."""
-    behaviour = MLPActor()
-    fragment = collect(behaviour, seed=seed, **kwargs)
-    module = MLPActor()
-    module.load_state_dict(behaviour.state_dict())
-    with torch.no_grad():
-        for p in module.policy.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return fragment, module
-
-
 @pytest.mark.parametrize("correction", ["truncated_is", "vtrace"])
 def test_corrections_match_hand_computation(correction):
-    fragment, module = lagged()
+    fragment, module = lagged(moved="policy.")
     _, info = a2c.loss(fragment, module, gamma=0.9, lam=0.95, correction=correction, rho_bar=1.2, c_bar=0.9)
     behaviour = fragment.actor["logp"][:-1]
     policy_loss, value_loss, _ = expected_terms(fragment, module, 0.9, 0.95, behaviour, correction, 1.2, 0.9)
@@ -89,7 +72,7 @@ def test_corrections_agree_on_policy():
 
 
 def test_behaviour_from_recorded_logits_when_no_logp():
-    fragment, module = lagged(seed=2)
+    fragment, module = lagged(seed=2, moved="policy.")
     actor = {k: v for k, v in fragment.actor.items() if k != "logp"}
     from_logp = a2c.loss(fragment, module, correction="vtrace")[1]
     from_logits = a2c.loss(fragment._replace(actor=actor), module, correction="vtrace")[1]
@@ -120,7 +103,7 @@ def test_advantages_and_targets_are_detached():
 
 
 def test_stateless():
-    fragment, module = lagged(sticky=True)
+    fragment, module = lagged(moved="policy.", sticky=True)
     before = snapshot(fragment)
     first = a2c.loss(fragment, module, correction="vtrace")
     grads_first = gradients(module, first[0])
@@ -133,7 +116,7 @@ def test_stateless():
 
 @pytest.mark.parametrize("correction", a2c.CORRECTIONS)
 def test_padding_is_masked(correction):
-    fragment, module = lagged(sticky=True)
+    fragment, module = lagged(moved="policy.", sticky=True)
     loss, _ = a2c.loss(fragment, module, correction=correction)
     torch.testing.assert_close(a2c.loss(perturb_padding(fragment), module, correction=correction)[0], loss)
 

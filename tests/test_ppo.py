@@ -8,17 +8,9 @@ from torch.distributions import Categorical
 
 from learners import a2c, ppo
 from tests.learners_fixtures import (
-    GRUActor, GaussianActor, MLPActor, ToyCollector, gradients, has_gradient, perturb_padding,
-    rewarded_action_probability, snapshot, tree_equal,
+    GRUActor, GaussianActor, MLPActor, collect, gradients, has_gradient, lagged,
+    perturb_padding, rewarded_action_probability, snapshot, tree_equal,
 )
-
-
-def collect(module, seed=0, n_envs=5, n_steps=8, skip=0, **kwargs):
-    torch.manual_seed(seed)
-    collector = ToyCollector(n_envs, module=module, p_end=0.25, seed=seed, **kwargs)
-    for _ in range(skip):
-        collector.fragment(n_steps)
-    return collector.fragment(n_steps)
 
 
 @pytest.mark.parametrize("make, skip", [(MLPActor, 0), (GRUActor, 1)])
@@ -72,18 +64,6 @@ def test_clipping(ratio, advantage, clipped):
         for name in expected_grads:
             if name.startswith("policy."):
                 torch.testing.assert_close(grads[name], expected_grads[name])
-
-
-def lagged(seed=0, **kwargs):
-    """A fragment collected by a module, and a copy of that module with both heads moved on."""
-    behaviour = MLPActor()
-    fragment = collect(behaviour, seed=seed, **kwargs)
-    module = MLPActor()
-    module.load_state_dict(behaviour.state_dict())
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return fragment, module
 
 
 def test_advantages_normalised_per_minibatch():

@@ -6,15 +6,10 @@ from torch.distributions import Categorical
 
 from learners import reinforce
 from tests.learners_fixtures import (
-    MLPActor, ToyCollector, gradients, has_gradient, naive_next_value, naive_valid, perturb_padding,
-    rewarded_action_probability, snapshot, tree_equal,
+    MLPActor, collect, gradients, has_gradient, naive_next_value, naive_valid,
+    perturb_padding, rewarded_action_probability, snapshot, tree_equal,
 )
 from tests.test_returns import naive_discounted
-
-
-def collect(module, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return ToyCollector(5, module=module, p_end=0.25, seed=seed, **kwargs).fragment(8)
 
 
 @pytest.mark.parametrize("baseline", [True, False])
