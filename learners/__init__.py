@@ -1,3 +1,15 @@
-"""Stateless losses and return estimators that consume fragments yielded by :mod:`rollout`."""
+"""Stateless losses and return estimators that consume fragments yielded by :mod:`rollout`.
 
-__all__: list = []
+Each loss is a plain function ``loss, info = <module>.loss(batch, module, *, ...)``: no optimizer
+inside, no state kept between calls, the batch never modified, ``info`` a dict of floats.
+
+- :mod:`learners.returns`: discounted and n-step returns, GAE / TD(lambda), V-trace, and the
+  fragment timing (:func:`~learners.returns.from_fragment`, :func:`~learners.returns.valid_mask`);
+- :mod:`learners.reinforce`, :mod:`learners.a2c`, :mod:`learners.ppo`: on-policy losses;
+- :mod:`learners.sac` with :mod:`learners.replay`: off-policy soft actor-critic from a replay buffer.
+"""
+
+from . import a2c, ppo, reinforce, replay, returns, sac
+from .replay import ReplayBuffer, Transitions
+
+__all__ = ["returns", "reinforce", "a2c", "ppo", "sac", "replay", "ReplayBuffer", "Transitions"]
