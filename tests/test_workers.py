@@ -27,8 +27,11 @@ def children():
     """Pids of this process's live children (from /proc)."""
     found = set()
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as file:
-            found |= {int(pid) for pid in file.read().split()}
+        try:
+            with open(f"/proc/{os.getpid()}/task/{task}/children") as file:
+                found |= {int(pid) for pid in file.read().split()}
+        except FileNotFoundError:  # a thread (e.g. a queue's feeder) ended meanwhile
+            pass
     alive = set()
     for pid in found:
         try:
