@@ -278,8 +278,10 @@ class _Pool:
             pipe.close()
         self.jobs.cancel_join_thread()
         self.jobs.close()
-        self.processes, self.pipes = [], []
-        self.batches = []
+        # Named semaphores (spawn/forkserver) are unlinked when their objects are collected: drop
+        # every reference now, even if a traceback keeps this object alive.
+        self.processes, self.pipes, self.batches = [], [], []
+        self.jobs = self.stop_event = self.store = None
 
 
 def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
@@ -324,6 +326,7 @@ def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
                 yield staging
     finally:
         pool.shutdown()
+        common.clear()  # it holds the queue, the event and the store's lock too
 
 
 def _work(index: int, seed, pipe, common: dict) -> None:

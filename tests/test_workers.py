@@ -1,5 +1,6 @@
 """Worker collectors: single (double-buffered) and multi (load-balanced), weight sync, failures."""
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -57,7 +58,8 @@ def clean():
     before_children, before_shm = children(), shm()
     yield
     deadline = time.monotonic() + 5
-    while children() - before_children and time.monotonic() < deadline:
+    while (children() - before_children or shm() - before_shm) and time.monotonic() < deadline:
+        gc.collect()  # named semaphores are unlinked when their objects are collected
         time.sleep(0.05)
     assert children() - before_children == set()
     assert shm() - before_shm == set()
