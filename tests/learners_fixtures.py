@@ -319,6 +319,26 @@ def gradients(module: nn.Module, loss: torch.Tensor) -> Dict[str, Optional[torch
     return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()}
 
 
+def assert_stateless(compute, module: nn.Module, *untouched: Any) -> None:
+    """``compute()`` -> (loss, info) twice: identical losses, infos and gradients, inputs bit-identical."""
+    before = [snapshot(tree) for tree in untouched]
+    first = compute()
+    grads_first = gradients(module, first[0])
+    second = compute()
+    grads_second = gradients(module, second[0])
+    assert torch.equal(first[0], second[0]) and first[1] == second[1]
+    assert all(torch.equal(grads_first[n], grads_second[n]) for n in grads_first)
+    assert all(tree_equal(tree, old) for tree, old in zip(untouched, before))
+
+
+def naive_policy_terms(fragment: Fragment, module: "MLPActor") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``logp`` (T, B) of the taken actions, ``entropy`` (T, B) and ``value`` (1+T, B), computed directly."""
+    state = fragment.state
+    with torch.no_grad():
+        dist = Categorical(logits=module.policy(state.obs[:-1]))
+        return dist.log_prob(state.act[1:]), dist.entropy(), module.value(state.obs).squeeze(-1)
+
+
 def has_gradient(grads: Dict[str, Optional[torch.Tensor]], prefix: str) -> bool:
     """Whether any parameter named ``prefix...`` got a nonzero gradient."""
     return any(g is not None and bool(g.abs().sum() > 0) for n, g in grads.items() if n.startswith(prefix))

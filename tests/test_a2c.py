@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torch.distributions import Categorical
 
 from learners import a2c
 from tests.learners_fixtures import (
+    assert_stateless, naive_policy_terms,
     GRUActor, GaussianActor, MLPActor, ToyCollector, collect, gradients, has_gradient, lagged,
-    naive_next_value, naive_valid, perturb_padding, rewarded_action_probability, snapshot, tree_equal,
+    naive_next_value, naive_valid, perturb_padding, rewarded_action_probability, 
 )
 from tests.test_returns import naive_gae, naive_vtrace
 
@@ -15,10 +15,7 @@ from tests.test_returns import naive_gae, naive_vtrace
 def expected_terms(fragment, module, gamma, lam, behaviour=None, correction=None, rho_bar=1.0, c_bar=1.0):
     """policy_loss, value_loss, entropy of A2C computed naively."""
     state = fragment.state
-    with torch.no_grad():
-        dist = Categorical(logits=module.policy(state.obs[:-1]))
-        logp, entropy = dist.log_prob(state.act[1:]), dist.entropy()
-        value = module.value(state.obs).squeeze(-1)
+    logp, entropy, value = naive_policy_terms(fragment, module)
     next_value = naive_next_value(fragment, value).double()
     args = (state.rew[1:].double(), value[:-1].double(), next_value)
     masks = (state.fin[1:], state.terminated[1:])
@@ -104,14 +101,7 @@ def test_advantages_and_targets_are_detached():
 
 def test_stateless():
     fragment, module = lagged(moved="policy.", sticky=True)
-    before = snapshot(fragment)
-    first = a2c.loss(fragment, module, correction="vtrace")
-    grads_first = gradients(module, first[0])
-    second = a2c.loss(fragment, module, correction="vtrace")
-    grads_second = gradients(module, second[0])
-    assert torch.equal(first[0], second[0]) and first[1] == second[1]
-    assert all(torch.equal(grads_first[n], grads_second[n]) for n in grads_first)
-    assert tree_equal(fragment, before)
+    assert_stateless(lambda: a2c.loss(fragment, module, correction="vtrace"), module, fragment)
 
 
 @pytest.mark.parametrize("correction", a2c.CORRECTIONS)

@@ -8,8 +8,9 @@ from torch.distributions import Categorical
 
 from learners import a2c, ppo
 from tests.learners_fixtures import (
+    assert_stateless,
     GRUActor, GaussianActor, MLPActor, collect, gradients, has_gradient, lagged,
-    perturb_padding, rewarded_action_probability, snapshot, tree_equal,
+    perturb_padding, rewarded_action_probability, tree_equal,
 )
 
 
@@ -178,16 +179,8 @@ def test_value_head_only_trained_by_value_loss():
 def test_stateless():
     module = GRUActor()
     fragment = collect(module, skip=1, sticky=True)
-    before = snapshot(fragment)
     prepared = ppo.prepare(fragment, module)
-    prepared_before = snapshot(prepared)
-    first = ppo.loss(prepared, module, entropy_coef=0.01)
-    grads_first = gradients(module, first[0])
-    second = ppo.loss(prepared, module, entropy_coef=0.01)
-    grads_second = gradients(module, second[0])
-    assert torch.equal(first[0], second[0]) and first[1] == second[1]
-    assert all(torch.equal(grads_first[n], grads_second[n]) for n in grads_first)
-    assert tree_equal(prepared, prepared_before) and tree_equal(fragment, before)
+    assert_stateless(lambda: ppo.loss(prepared, module, entropy_coef=0.01), module, prepared, fragment)
     assert tree_equal(ppo.prepare(fragment, module), prepared)
 
 

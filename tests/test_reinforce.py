@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torch.distributions import Categorical
 
 from learners import reinforce
 from tests.learners_fixtures import (
+    assert_stateless, naive_policy_terms,
     MLPActor, collect, gradients, has_gradient, naive_next_value, naive_valid,
-    perturb_padding, rewarded_action_probability, snapshot, tree_equal,
+    perturb_padding, rewarded_action_probability, 
 )
 from tests.test_returns import naive_discounted
 
@@ -19,10 +19,7 @@ def test_loss_matches_hand_computation(baseline):
     loss, info = reinforce.loss(fragment, module, gamma=0.9, baseline=baseline, value_coef=0.5, entropy_coef=0.1)
 
     state = fragment.state
-    with torch.no_grad():
-        dist = Categorical(logits=module.policy(state.obs[:-1]))
-        logp, entropy = dist.log_prob(state.act[1:]), dist.entropy()
-        value = module.value(state.obs).squeeze(-1)
+    logp, entropy, value = naive_policy_terms(fragment, module)
     next_value = naive_next_value(fragment, value)
     returns = naive_discounted(
         state.rew[1:].double(), next_value.double(), state.fin[1:], state.terminated[1:], 0.9
@@ -68,14 +65,7 @@ def test_baseline_is_detached_and_heads_get_their_gradients():
 def test_stateless():
     module = MLPActor()
     fragment = collect(module, sticky=True)
-    before = snapshot(fragment)
-    first = reinforce.loss(fragment, module, entropy_coef=0.01)
-    grads_first = gradients(module, first[0])
-    second = reinforce.loss(fragment, module, entropy_coef=0.01)
-    grads_second = gradients(module, second[0])
-    assert torch.equal(first[0], second[0]) and first[1] == second[1]
-    assert all(torch.equal(grads_first[n], grads_second[n]) for n in grads_first)
-    assert tree_equal(fragment, before)
+    assert_stateless(lambda: reinforce.loss(fragment, module, entropy_coef=0.01), module, fragment)
 
 
 def test_padding_is_masked():
