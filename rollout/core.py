@@ -56,7 +56,7 @@ their actor outputs must be ignored by learners. The env resumes at the next fra
 is the reset observation with ``fin=True``.
 """
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 import optree
@@ -66,7 +66,7 @@ from . import buffers
 from .actor import Actor
 from .envs import BatchedEnv, EnvList, Layout, _warn_no_probe, env_seeds, info_examples
 from .errors import ActorContractError, ConfigurationError, EnvError, StructureError
-from .fragment import Final, Fragment, State
+from .fragment import Fragment, State
 from .nested import paths, torch_dtype
 
 __all__ = ["Context", "startup", "collect"]
@@ -211,6 +211,37 @@ def _copy_rows(spec: optree.PyTreeSpec, value: Any, rows: List[torch.Tensor], wh
         dst.copy_(src)
 
 
+def _copier(spec: optree.PyTreeSpec, what: str) -> Callable[[Any, List[torch.Tensor]], None]:
+    """``copy(value, rows)``: :func:`_copy_rows` with fast paths for the common layouts.
+
+    A single tensor and a flat dict of tensors (the usual action and info) are checked and
+    copied without flattening; anything else, or anything unexpected, takes the general path
+    (which raises the errors).
+    """
+    Tensor = torch.Tensor
+    if spec.is_leaf():
+        def copy(value, rows):
+            dst = rows[0]
+            if type(value) is Tensor and value.shape == dst.shape:
+                dst.copy_(value)
+            else:
+                _copy_rows(spec, value, rows, what)
+        return copy
+    if spec.kind == optree.PyTreeKind.DICT and all(child.is_leaf() for child in spec.children()):
+        keys, n = spec.entries(), spec.num_leaves
+
+        def copy(value, rows):
+            if type(value) is dict and len(value) == n:
+                leaves = [value.get(key) for key in keys]
+                if all(type(src) is Tensor and src.shape == dst.shape for src, dst in zip(leaves, rows)):
+                    for dst, src in zip(rows, leaves):
+                        dst.copy_(src)
+                    return
+            _copy_rows(spec, value, rows, what)
+        return copy
+    return lambda value, rows: _copy_rows(spec, value, rows, what)
+
+
 # ---------------------------------------------------------------------------------------- startup
 def startup(
     envs: Union[EnvList, BatchedEnv],
@@ -305,6 +336,8 @@ def startup(
         _, hx, info = out
         context.info_spec = optree.tree_structure(info)
         context.hx_spec = optree.tree_structure(hx)
+        context.copy_act = _copier(act_layout.spec, "action")
+        context.copy_info = _copier(context.info_spec, "info")
         hx = _reset(actor, hx, torch.arange(B), context.hx_spec)
     context.hx = hx
 
@@ -381,8 +414,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
     """
     plan = context.plan(fragment)
     actor, envs, T, sticky = context.actor, context.envs, context.n_steps, context.sticky
-    act_spec, info_spec, hx_spec = context.act_layout.spec, context.info_spec, context.hx_spec
+    hx_spec = context.hx_spec
     device = context.device
+    copy_act, copy_info, stateless = context.copy_act, context.copy_info, hx_spec.num_leaves == 0
     stepno, ret, frozen, truncated = context.stepno, context.episode_return, context.frozen, context.truncated
     with torch.no_grad():
         # Row 0 is the previous fragment's row T; rows 1..T of `final` start empty.
@@ -397,9 +431,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         hx = context.hx
         for t in range(T):
             act, hx_next, info = actor.step(*_to(device, plan.inputs[t]), hx=hx, virtual=False)
-            _copy_rows(act_spec, act, plan.act_rows[t + 1], "action")
-            _copy_rows(info_spec, info, plan.actor_rows[t], "info")
-            if optree.tree_structure(hx_next) != hx_spec:
+            copy_act(act, plan.act_rows[t + 1])
+            copy_info(info, plan.actor_rows[t])
+            if not (stateless and type(hx_next) is tuple and not hx_next) and optree.tree_structure(hx_next) != hx_spec:
                 raise StructureError(f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}")
 
             t1 = t + 1
@@ -440,7 +474,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 
         # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
         _, _, info = actor.step(*_to(device, plan.inputs[T]), hx=hx, virtual=True)
-        _copy_rows(info_spec, info, plan.actor_rows[T], "info")
+        copy_info(info, plan.actor_rows[T])
         for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
             dst.copy_(src[T:T + 1])
         context.hx = hx
