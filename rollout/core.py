@@ -419,11 +419,16 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
     copy_act, copy_info, stateless = context.copy_act, context.copy_info, hx_spec.num_leaves == 0
     stepno, ret, frozen, truncated = context.stepno, context.episode_return, context.frozen, context.truncated
     with torch.no_grad():
-        # Row 0 is the previous fragment's row T; rows 1..T of `final` start empty.
+        # Rows 1..T of `final` start empty. Only rows with `fin` were written (by whichever
+        # worker filled this buffer last), so zero those: no full sweep of large observations.
+        rows, cols = np.nonzero(plan.fin[1:])
+        if len(rows):
+            index = (torch.from_numpy(rows + 1), torch.from_numpy(cols))
+            for dst in plan.final_leaves:  # torch indexing: actor outputs may lack a numpy dtype
+                dst[index] = 0
+        # Row 0 is the previous fragment's row T.
         for dst, src in zip(plan.state_leaves + plan.final_leaves, context.carry):
             dst[0:1].copy_(src)
-        for dst in plan.final_leaves:
-            dst[1:].zero_()
         for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
             dst.copy_(src)
         plan.version.fill_(context.version)

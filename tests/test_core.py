@@ -147,3 +147,33 @@ def test_collect_rejects_a_foreign_buffer():
     other = core.startup(same.make_batch([Corridor(), Corridor()], None, 0), Counter(), T)
     with pytest.raises(rollout.errors.ConfigurationError, match="buffer"):
         core.collect(context, other.allocate())
+
+
+def _assert_final_empty_outside_fin(f):
+    """``final`` leaves are zero at rows >= 1 without ``fin`` (row 0 is the carried row T)."""
+    empty = ~f.state.fin[1:]
+    for leaf in [f.final.obs, f.final.episode_length, f.final.episode_return, *f.final.actor.values()]:
+        rows = leaf[1:][empty]
+        assert not rows.any(), f"stale final values outside episode ends: {rows}"
+
+
+def test_reused_buffer_clears_final_where_episodes_ended_before():
+    # Episodes of 3 and 4 steps (with time limits) end at different rows in every fragment.
+    envs = [Corridor(length=4, start=0), Corridor(length=10, max_steps=4)]
+    with same.rollout(envs, Counter(), 5, seed=0) as feed:
+        ends = set()
+        for _ in range(8):
+            f = next(feed)
+            _assert_final_empty_outside_fin(f)
+            ends |= {tuple(x) for x in f.state.fin[1:].nonzero().tolist()}
+        assert len(ends) >= 6  # the end rows really moved between fragments
+
+
+@pytest.mark.timeout(60)
+def test_pool_slots_filled_by_other_workers_clear_final():
+    from rollout import multi
+    import functools
+    factory = functools.partial(Corridor, length=10, max_steps=3)
+    with multi.rollout(factory, Counter(), 4, n_actors=2, n_per_actor=2, n_per_batch=1, start_method="fork", seed=0) as feed:
+        for _ in range(12):
+            _assert_final_empty_outside_fin(next(feed))
