@@ -1,0 +1,539 @@
+"""Throughput of every collector against the best alternatives, measured side by side.
+
+Run ``python -m benchmarks.throughput --help``. Examples::
+
+    python -m benchmarks.throughput                       # the recorded suite (about 40 min)
+    python -m benchmarks.throughput --quick               # a smoke run (CI), about a minute
+    python -m benchmarks.throughput --env cartpole --policy mlp --collectors hand same multi \\
+        --n-envs 8 64 --n-actors 1 2
+
+Method. A configuration is (env, policy, collector, envs per actor ``n_envs``, ``n_actors``).
+Collectors in one process step ``n_envs * n_actors`` envs; pool collectors (ours, gymnasium's
+``AsyncVectorEnv``, TorchRL's multi-process collector) run ``n_actors`` workers of ``n_envs``
+envs (``AsyncVectorEnv`` always has one process per env). Each measurement builds the collector,
+warms up (startup, first batches), then counts env steps over at least ``--seconds`` of steady
+state, and closes it. Configurations are interleaved (A B C A B C ...) ``--repeats`` times, since
+the machine is shared and noisy; we report the median and min-max of env-steps/s, and ratios to
+the in-run baselines with the same env, policy and total envs, computed per round (the
+measurements of one round ran next to each other) and summarised by median and min-max. One torch
+thread per process. Results go to ``--out`` as JSON and a PNG plot.
+
+Collectors:
+
+=================  ================================================================================
+``hand``           a hand-written loop over a list of envs (or one batched env) with the actor
+                   forward, recording obs, actions, rewards, dones and actor outputs into
+                   preallocated buffers: the ceiling for ``same``
+``gym-sync``       gymnasium ``SyncVectorEnv`` + the actor, recorded the same way
+``gym-async``      gymnasium ``AsyncVectorEnv(shared_memory=True)`` + the actor
+``same``           :func:`rollout.same.rollout`
+``single``         :func:`rollout.single.rollout` (one worker, double-buffered; ``n_actors == 1``)
+``multi``          :func:`rollout.multi.rollout`, ``n_per_batch = n_actors``
+``torchrl-sync``   TorchRL ``SyncDataCollector`` (optional ``bench`` extra)
+``torchrl-multi``  TorchRL ``MultiSyncDataCollector`` (optional ``bench`` extra)
+``envpool``        envpool's sync batched env + the actor (when installed)
+=================  ================================================================================
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import gymnasium as gym
+import numpy as np
+import optree
+import torch
+
+import rollout
+from rollout import multi, same, single
+from zoo.actors import AtariConv, CategoricalGRU, CategoricalMLP, RandomActor
+
+from . import envs as bench_envs
+
+T_DEFAULT = 128
+
+
+# -------------------------------------------------------------------------------------- envs
+@dataclass
+class Env:
+    """How to build one benchmark env, and what it takes."""
+
+    name: str
+    factory: Callable[[], Any]
+    pixels: bool = False
+    batched: Optional[Callable[[int], Any]] = None  # builds one object stepping B envs
+    gym_id: Optional[str] = None  # for the external baselines
+    needs: Optional[str] = None  # an optional module
+
+    def skip_reason(self) -> Optional[str]:
+        if self.needs is not None:
+            try:
+                __import__(self.needs)
+            except ImportError:
+                return f"{self.needs} is not installed (pip install -e '.[bench]')"
+        return None
+
+
+def _pong():
+    from zoo.atari import make_atari
+    return make_atari("ALE/Pong-v5")
+
+
+ENVS = {
+    "cartpole": Env("cartpole", lambda: gym.make("CartPole-v1"), gym_id="CartPole-v1"),
+    "cartpole-batched": Env("cartpole-batched", lambda: bench_envs.BatchedCartPole(num_envs=1),
+                            batched=lambda n: bench_envs.BatchedCartPole(num_envs=n)),
+    "busy50": Env("busy50", lambda: bench_envs.BusyEnv(50e-6)),
+    "busy500": Env("busy500", lambda: bench_envs.BusyEnv(500e-6)),
+    "pixels": Env("pixels", lambda: bench_envs.PixelEnv(), pixels=True),
+    "pong": Env("pong", _pong, pixels=True, gym_id="ALE/Pong-v5", needs="ale_py"),
+}
+
+# Policies: flat-observation envs take random/mlp/mlp-0.5m/gru, pixel envs random/conv.
+POLICIES = {
+    "random": lambda n_obs, n_act: RandomActor(n_act),
+    "mlp": lambda n_obs, n_act: CategoricalMLP(n_obs, n_act, (64, 64)),
+    "mlp-0.5m": lambda n_obs, n_act: CategoricalMLP(n_obs, n_act, (700, 700)),
+    "gru": lambda n_obs, n_act: CategoricalGRU(n_obs, n_act, 64),
+    "conv": lambda n_obs, n_act: AtariConv(n_act),
+}
+_PIXEL_POLICIES = ("random", "conv")
+
+
+def make_actor(env: Env, policy: str) -> rollout.Actor:
+    probe = env.factory()
+    try:
+        n_obs = int(np.prod(probe.observation_space.shape))
+        n_act = int(probe.action_space.n)
+    finally:
+        probe.close()
+    torch.manual_seed(0)
+    return POLICIES[policy](n_obs, n_act)
+
+
+# --------------------------------------------------------------------------------- collectors
+@dataclass(frozen=True)
+class Config:
+    env: str
+    policy: str
+    collector: str
+    n_envs: int  # per actor
+    n_actors: int
+    T: int = T_DEFAULT
+
+    @property
+    def total(self) -> int:
+        return self.n_envs * self.n_actors
+
+    @property
+    def label(self) -> str:
+        if self.collector in POOL:
+            return f"{self.collector} {self.n_actors}x{self.n_envs}"
+        return f"{self.collector} {self.total}"
+
+
+POOL = ("single", "multi", "torchrl-multi")  # run n_actors workers of n_envs envs
+IN_PROCESS = ("hand", "gym-sync", "gym-async", "same", "torchrl-sync", "envpool")
+COLLECTORS = IN_PROCESS[:4] + POOL[:2] + ("torchrl-sync", "torchrl-multi", "envpool")
+
+
+class _Recorder:
+    """Preallocated time-major buffers a careful hand loop fills: ``(1+T, B, ...)``."""
+
+    def __init__(self, actor: rollout.Actor, space: gym.Space, B: int, T: int):
+        self.actor, self.T = actor, T
+        self.obs = torch.zeros((T + 1, B, *space.shape), dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype)
+        self.act = torch.zeros((T + 1, B), dtype=torch.int64)
+        self.rew = torch.zeros((T + 1, B))
+        self.fin = torch.ones((T + 1, B), dtype=torch.bool)
+        self.stepno = torch.zeros((T + 1, B), dtype=torch.int64)
+        self.obs_np, self.act_np, self.rew_np, self.fin_np = (x.numpy() for x in (self.obs, self.act, self.rew, self.fin))
+        self.info: Optional[List[torch.Tensor]] = None
+        self.hx: Any = None
+
+    def act_row(self, t: int) -> np.ndarray:
+        """The actor's reaction to row ``t`` (already filled): records its outputs, returns ``a_t``."""
+        s = slice(t, t + 1)
+        a, hx, info = self.actor.step(self.stepno[s], self.obs[s], self.act[s], self.rew[s], self.fin[s], hx=self.hx, virtual=False)
+        leaves = optree.tree_leaves(info)
+        if self.info is None:
+            self.recurrent = bool(optree.tree_leaves(hx))
+            self.info = [torch.zeros((self.T + 1, *x.shape[1:]), dtype=x.dtype) for x in leaves]
+        for dst, src in zip(self.info, leaves):
+            dst[s] = src
+        self.act[t + 1:t + 2] = a
+        self.hx = hx
+        return self.act_np[t + 1]
+
+    def reset_hx(self, done: np.ndarray) -> None:
+        if self.recurrent and done.any():
+            self.hx = self.actor.reset(self.hx, torch.from_numpy(np.flatnonzero(done)))
+
+
+def _hand(env: Env, actor: rollout.Actor, B: int, T: int) -> Iterator[int]:
+    """A list of envs stepped in a for loop (or one batched env), the actor between steps."""
+    if env.batched is not None:
+        yield from _vector_loop(env.batched(B), actor, B, T, single_space=True)
+        return
+    envs = [env.factory() for _ in range(B)]
+    try:
+        rec = _Recorder(actor, envs[0].observation_space, B, T)
+        for j, e in enumerate(envs):
+            rec.obs_np[0, j] = e.reset(seed=j)[0]
+        done = np.zeros(B, dtype=bool)
+        with torch.no_grad():
+            while True:
+                for t in range(T):
+                    actions = rec.act_row(t)
+                    obs, rew, fin = rec.obs_np[t + 1], rec.rew_np[t + 1], rec.fin_np[t + 1]
+                    for j, e in enumerate(envs):
+                        o, r, term, trunc, _ = e.step(actions[j])
+                        if term or trunc:
+                            o, _ = e.reset()
+                        obs[j], rew[j], done[j] = o, r, term or trunc
+                    fin[:] = done
+                    rec.reset_hx(done)
+                rec.obs_np[0], rec.fin_np[0] = rec.obs_np[T], rec.fin_np[T]
+                yield B * T
+    finally:
+        for e in envs:
+            e.close()
+
+
+def _vector_loop(venv: Any, actor: rollout.Actor, B: int, T: int, *, single_space: bool = False) -> Iterator[int]:
+    """A gymnasium-style vector env stepped with the actor, recorded like :func:`_hand`."""
+    try:
+        space = venv.single_observation_space if hasattr(venv, "single_observation_space") else venv.observation_space
+        rec = _Recorder(actor, space, B, T)
+        rec.obs_np[0] = venv.reset(seed=0)[0]
+        with torch.no_grad():
+            while True:
+                for t in range(T):
+                    actions = rec.act_row(t)
+                    o, r, term, trunc, _ = venv.step(actions)
+                    done = term | trunc
+                    rec.obs_np[t + 1], rec.rew_np[t + 1], rec.fin_np[t + 1] = o, r, done
+                    rec.reset_hx(done)
+                rec.obs_np[0], rec.fin_np[0] = rec.obs_np[T], rec.fin_np[T]
+                yield B * T
+    finally:
+        venv.close()
+
+
+def _ours(kind: str) -> Callable[[Env, rollout.Actor, Config], Iterator[int]]:
+    def run(env: Env, actor: rollout.Actor, cfg: Config) -> Iterator[int]:
+        if kind == "same":
+            source = env.batched(cfg.total) if env.batched is not None else env.factory
+            feed = same.rollout(source, actor, cfg.T, n_envs=None if env.batched else cfg.total, seed=0)
+        elif kind == "single":
+            feed = single.rollout(env.factory, actor, cfg.T, cfg.n_envs, seed=0)
+        else:
+            feed = multi.rollout(env.factory, actor, cfg.T, cfg.n_actors, cfg.n_envs, cfg.n_actors, seed=0)
+        with feed:
+            for fragment in feed:
+                yield fragment.state.fin.shape[1] * cfg.T
+    return run
+
+
+def _skip(cfg: Config, env: Env) -> Optional[str]:
+    """Why this configuration cannot run here, or None."""
+    reason = env.skip_reason()
+    if reason:
+        return reason
+    if env.pixels != (cfg.policy in _PIXEL_POLICIES):
+        return f"policy {cfg.policy} does not fit {'pixel' if env.pixels else 'flat'} observations"
+    c = cfg.collector
+    if c == "single" and cfg.n_actors != 1:
+        return "single.rollout has one worker"
+    if env.batched is not None and c in ("gym-sync", "gym-async", "single", "multi", "torchrl-sync", "torchrl-multi"):
+        return "a numpy-batched env is one object: not split into a vector env or worker factories"
+    if c.startswith("torchrl") or c == "envpool":
+        from . import external
+        reason = external.torchrl_skip_reason() if c.startswith("torchrl") else external.envpool_skip_reason()
+        if reason:
+            return reason
+        if env.gym_id is None or (c.startswith("torchrl") and env.pixels):
+            return f"the {c} baseline runs registered non-pixel gymnasium ids only, not {env.name}"
+        if cfg.policy != "mlp":
+            return f"the {c} baseline uses the tiny MLP only"
+    return None
+
+
+def measure(cfg: Config, seconds: float, warmup: float) -> float:
+    """Env-steps/s of one configuration over at least ``seconds`` after ``warmup`` seconds."""
+    env = ENVS[cfg.env]
+    c = cfg.collector
+    if c.startswith("torchrl") or c == "envpool":
+        from . import external
+        if c == "envpool":
+            return external.envpool_throughput(env.gym_id, cfg.total, cfg.T, seconds, warmup)
+        kind = "sync" if c == "torchrl-sync" else "multisync"
+        workers, per = (1, cfg.total) if kind == "sync" else (cfg.n_actors, cfg.n_envs)
+        return external.torchrl_throughput(kind, env.gym_id, workers, per, cfg.T, seconds, warmup)
+    actor = make_actor(env, cfg.policy)
+    if c == "hand":
+        source = _hand(env, actor, cfg.total, cfg.T)
+    elif c == "gym-sync":
+        source = _vector_loop(gym.vector.SyncVectorEnv([env.factory] * cfg.total), actor, cfg.total, cfg.T)
+    elif c == "gym-async":
+        venv = gym.vector.AsyncVectorEnv([env.factory] * cfg.total, shared_memory=True)
+        source = _vector_loop(venv, actor, cfg.total, cfg.T)
+    else:
+        source = _ours(c)(env, actor, cfg)
+    try:
+        start = time.perf_counter()
+        next(source)
+        while time.perf_counter() - start < warmup:
+            next(source)
+        steps, start = 0, time.perf_counter()
+        while True:
+            steps += next(source)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return steps / elapsed
+    finally:
+        source.close()
+
+
+# ----------------------------------------------------------------------------------- the run
+@dataclass
+class Group:
+    """Configurations compared with each other (interleaved within the group)."""
+
+    name: str
+    configs: List[Config]
+    results: Dict[Config, List[float]] = field(default_factory=dict)
+    skipped: Dict[Config, str] = field(default_factory=dict)
+
+
+def cross(name: str, envs: List[str], policies: List[str], collectors: List[str], n_envs: List[int],
+          n_actors: List[int], T: int) -> Group:
+    """Every combination; in-process collectors are de-duplicated on their total envs."""
+    configs, seen = [], set()
+    for e in envs:
+        for p in policies:
+            if ENVS[e].pixels != (p in _PIXEL_POLICIES):
+                continue
+            for a in n_actors:
+                for n in n_envs:
+                    for c in collectors:
+                        cfg = Config(e, p, c, n, a, T) if c in POOL else Config(e, p, c, n * a, 1, T)
+                        key = (e, p, c, cfg.n_envs, cfg.n_actors)
+                        if key not in seen:
+                            seen.add(key)
+                            configs.append(cfg)
+    return Group(name, configs)
+
+
+def suite(quick: bool, T: int) -> List[Group]:
+    """The recorded suite (``--quick``: a small slice of it, for CI)."""
+    if quick:
+        return [
+            cross("cartpole", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "multi"], [4], [1, 2], 32),
+            cross("pixels", ["pixels"], ["random"], ["hand", "same"], [2], [1], 16),
+        ]
+    every = ["hand", "gym-sync", "gym-async", "same", "single", "multi", "torchrl-sync", "torchrl-multi", "envpool"]
+    return [
+        cross("cartpole-mlp", ["cartpole"], ["mlp"], every, [1, 8, 64], [1, 2], T),
+        cross("cartpole-batched", ["cartpole-batched"], ["mlp"], ["hand", "same"], [8, 64], [1], T),
+        cross("policies", ["cartpole"], ["random", "mlp-0.5m", "gru"], ["hand", "same", "multi"], [8], [1, 2], T),
+        cross("busy", ["busy50", "busy500"], ["mlp"], ["same", "multi", "gym-async"], [8], [1, 2], T),
+        cross("pixels", ["pixels"], ["random"], ["hand", "gym-sync", "same", "multi"], [8], [1, 2], T),
+        cross("pong", ["pong"], ["conv"], ["same", "multi", "envpool"], [8], [1, 2], 32),
+    ]
+
+
+def run_group(group: Group, repeats: int, seconds: float, warmup: float, log: Callable[[str], None]) -> None:
+    active = []
+    for cfg in group.configs:
+        reason = _skip(cfg, ENVS[cfg.env])
+        if reason:
+            group.skipped[cfg] = reason
+            log(f"  skip {cfg.env}/{cfg.policy} {cfg.label}: {reason}")
+        else:
+            active.append(cfg)
+            group.results[cfg] = []
+    for r in range(repeats):
+        for cfg in active:
+            value = measure(cfg, seconds, warmup)
+            group.results[cfg].append(value)
+            log(f"  [{r + 1}/{repeats}] {cfg.env}/{cfg.policy} {cfg.label:<22} {value:>10,.0f} steps/s")
+
+
+def _summary(values: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+BASELINES = ("hand", "gym-sync", "gym-async", "same", "torchrl-sync", "torchrl-multi", "envpool")
+
+
+def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
+    """Per configuration, its ratio to each baseline with the same env, policy and total envs,
+    round by round (and, for pool collectors, to one actor of the same size: ``scaling``)."""
+    out: Dict[Config, Dict[str, Dict[str, float]]] = {}
+    for cfg, values in group.results.items():
+        entry = {}
+        for other, base in group.results.items():
+            same_load = (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.total)
+            if other is not cfg and other.collector in BASELINES and same_load and other.collector != cfg.collector:
+                entry[other.collector] = _summary([a / b for a, b in zip(values, base)])
+            if (cfg.collector in POOL and cfg.n_actors > 1 and other.collector == cfg.collector
+                    and other.n_actors == 1 and (other.env, other.policy, other.n_envs) == (cfg.env, cfg.policy, cfg.n_envs)):
+                entry["scaling"] = _summary([a / b for a, b in zip(values, base)])
+        out[cfg] = entry
+    return out
+
+
+def table(group: Group) -> str:
+    r = ratios(group)
+    lines = [f"{'env/policy':<20} {'collector':<22} {'median':>10} {'min-max':>21}  ratios (median [min-max])"]
+    for cfg, values in group.results.items():
+        s = _summary(values)
+        rs = ", ".join(f"/{k} {v['median']:.2f} [{v['min']:.2f}-{v['max']:.2f}]" for k, v in r[cfg].items())
+        lines.append(f"{cfg.env + '/' + cfg.policy:<20} {cfg.label:<22} {s['median']:>10,.0f} "
+                     f"{s['min']:>10,.0f}-{s['max']:<10,.0f}  {rs}")
+    for cfg, why in group.skipped.items():
+        lines.append(f"{cfg.env + '/' + cfg.policy:<20} {cfg.label:<22} {'skipped':>10}  {why}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- environment
+def machine() -> Dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
+            "loadavg": list(os.getloadavg())}
+
+
+def versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+    out: Dict[str, Optional[str]] = {}
+    for name in ("torch", "numpy", "gymnasium", "optree", "torchrl", "tensordict", "envpool", "ale-py"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out["rollout (git)"] = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["rollout (git)"] = None
+    return out
+
+
+def plot(groups: List[Group], path: str) -> Optional[str]:
+    """One panel per group: median env-steps/s per collector and total envs, min-max bars."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed"
+    groups = [g for g in groups if g.results]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        cfgs = list(group.results)
+        loads = sorted({(c.env, c.policy, c.total) for c in cfgs}, key=lambda x: (x[0], x[1], x[2]))
+        names = list(dict.fromkeys(c.collector + (f" x{c.n_actors}" if c.collector in POOL else "") for c in cfgs))
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            xs, ys, lo, hi = [], [], [], []
+            for k, load in enumerate(loads):
+                for c in cfgs:
+                    if (c.env, c.policy, c.total) == load and c.collector + (f" x{c.n_actors}" if c.collector in POOL else "") == name:
+                        s = _summary(group.results[c])
+                        xs.append(k + (i - (len(names) - 1) / 2) * width)
+                        ys.append(s["median"])
+                        lo.append(s["median"] - s["min"])
+                        hi.append(s["max"] - s["median"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], label=name, capsize=2)
+        ax.set_xticks(range(len(loads)), [f"{e}/{p}\n{n} envs" for e, p, n in loads], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("env steps / s")
+        ax.set_title(group.name)
+        ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def to_json(groups: List[Group]) -> List[Dict[str, Any]]:
+    out = []
+    for group in groups:
+        r = ratios(group)
+        out.append({
+            "name": group.name,
+            "results": [{**cfg.__dict__, "total_envs": cfg.total, "label": cfg.label, "samples": values,
+                         **_summary(values), "ratios": r[cfg]} for cfg, values in group.results.items()],
+            "skipped": [{**cfg.__dict__, "label": cfg.label, "reason": why} for cfg, why in group.skipped.items()],
+        })
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--env", nargs="+", choices=sorted(ENVS), help="envs (default: the recorded suite)")
+    parser.add_argument("--policy", nargs="+", choices=sorted(POLICIES), default=["mlp"])
+    parser.add_argument("--collectors", nargs="+", choices=COLLECTORS, default=list(COLLECTORS))
+    parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 8, 64], help="envs per actor")
+    parser.add_argument("--n-actors", nargs="+", type=int, default=[1, 2], help="worker processes of pool collectors")
+    parser.add_argument("--T", type=int, default=T_DEFAULT, help="steps per fragment")
+    parser.add_argument("--seconds", type=float, default=3.0, help="steady-state seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (startup included)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="a small, short run (a smoke test, not a measurement)")
+    parser.add_argument("--lifecycle", action="store_true", help="also measure startup, shutdown, sync, lag, idle, memory")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json and throughput.png")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.repeats = 0.3, 0.1, 2
+    torch.set_num_threads(1)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+
+    report: Dict[str, Any] = {"command": " ".join(["python -m benchmarks.throughput", *(argv if argv is not None else sys.argv[1:])]),
+                              "machine": machine(), "versions": versions(),
+                              "settings": {"seconds": args.seconds, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1}}
+    if args.env:
+        groups = [cross("custom", args.env, args.policy, args.collectors, args.n_envs, args.n_actors, args.T)]
+    else:
+        groups = suite(args.quick, args.T)
+    started = time.perf_counter()
+    for group in groups:
+        log(f"== {group.name}")
+        run_group(group, args.repeats, args.seconds, args.warmup, log)
+    if args.lifecycle:
+        from . import lifecycle
+        report["lifecycle"] = lifecycle.run_all(args.quick)
+    report["machine"]["loadavg_after"] = list(os.getloadavg())
+    report["wall_seconds"] = time.perf_counter() - started
+    report["groups"] = to_json(groups)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "throughput.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    why = plot(groups, os.path.join(args.out, "throughput.png"))
+    print()
+    print(f"machine: {report['machine']['cores']} cores, {report['machine']['cpu']}; load average before "
+          f"{report['machine']['loadavg'][0]:.2f}, after {report['machine']['loadavg_after'][0]:.2f}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
+    for group in groups:
+        print(f"\n== {group.name} (env-steps/s over {args.repeats} interleaved rounds of >= {args.seconds:g} s)")
+        print(table(group))
+    print(f"\nwrote {os.path.join(args.out, 'throughput.json')}" + (f"; no plot: {why}" if why else f" and {os.path.join(args.out, 'throughput.png')}"))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The benchmark tool runs and reports (a smoke test: no speed is asserted)."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from benchmarks import throughput
+from benchmarks.throughput import Config, Group
+
+
+@pytest.mark.timeout(240)
+def test_quick_run_reports_every_configuration(tmp_path, capsys):
+    report = throughput.main(["--quick", "--out", str(tmp_path)])
+    with open(tmp_path / "throughput.json") as f:
+        saved = json.load(f)
+    assert saved["groups"] == json.loads(json.dumps(report["groups"]))
+    assert saved["machine"]["cores"] == os.cpu_count() and len(saved["machine"]["loadavg_after"]) == 3
+    assert saved["versions"]["torch"] and saved["settings"]["torch_threads"] == 1
+    measured = {(r["env"], r["collector"], r["total_envs"]) for g in saved["groups"] for r in g["results"]}
+    assert {("cartpole", "hand", 4), ("cartpole", "same", 8), ("cartpole", "multi", 8), ("pixels", "same", 2)} <= measured
+    for group in saved["groups"]:
+        for r in group["results"]:
+            assert len(r["samples"]) == 2 and all(x > 0 for x in r["samples"])
+            assert r["min"] <= r["median"] <= r["max"]
+    same8 = next(r for g in saved["groups"] for r in g["results"] if r["label"] == "same 8")
+    assert set(same8["ratios"]) == {"hand", "gym-sync"}
+    assert (tmp_path / "throughput.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "env-steps/s" in out and "same 8" in out and "multi 2x4" in out
+    assert multiprocessing.active_children() == []
+
+
+def test_ratios_pair_measurements_of_the_same_round():
+    a = Config("cartpole", "mlp", "same", 8, 1)
+    h = Config("cartpole", "mlp", "hand", 8, 1)
+    m1 = Config("cartpole", "mlp", "multi", 8, 1)
+    m2 = Config("cartpole", "mlp", "multi", 8, 2)
+    other = Config("cartpole", "mlp", "hand", 16, 1)
+    group = Group("g", [a, h, m1, m2, other], results={a: [90.0, 40.0, 100.0], h: [100.0, 50.0, 100.0],
+                                                       m1: [10.0, 10.0, 10.0], m2: [19.0, 18.0, 20.0], other: [1.0] * 3})
+    r = throughput.ratios(group)
+    assert r[a]["hand"] == {"median": 0.9, "min": 0.8, "max": 1.0}  # per round, not ratio of medians (0.9)
+    assert r[m2]["scaling"] == {"median": 1.9, "min": 1.8, "max": 2.0}
+    assert r[m2]["hand"]["median"] == 19.0  # against the baseline with the same total envs (16)
+    assert "same" not in r[m2]
+
+
+def test_inapplicable_configurations_are_skipped_with_a_reason():
+    assert "one worker" in throughput._skip(Config("cartpole", "mlp", "single", 8, 2), throughput.ENVS["cartpole"])
+    assert "pixel" in throughput._skip(Config("pixels", "mlp", "same", 8, 1), throughput.ENVS["pixels"])
+    assert "batched" in throughput._skip(Config("cartpole-batched", "mlp", "multi", 8, 2), throughput.ENVS["cartpole-batched"])
+    assert throughput._skip(Config("cartpole", "mlp", "same", 8, 1), throughput.ENVS["cartpole"]) is None
