@@ -14,7 +14,6 @@ Both write straight into the fragment's numpy views (see :mod:`rollout.core`).
 
 import copy
 import inspect
-import math
 import numbers
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -320,7 +319,23 @@ class EnvList:
         act0 = act[0]
         rews = self._rew
         ended = []
-        for j, env in enumerate(self.envs):
+        if frozen is None and single and obs0 is not None and not info_keys:
+            # The common case (no sticky envs, one action and observation leaf, no env info).
+            for j, env in enumerate(self.envs):
+                o, r, te, tr, _ = env.step(act0[j])
+                rews[j] = r
+                if te or tr:
+                    ended.append((j, te, tr))
+                    obs_layout.write(final, j, o, f"env {j}: step() observation")
+                    o, _ = env.reset()
+                if getattr(o, "shape", None) == shape0:
+                    obs0[j] = o
+                else:
+                    obs_layout.write(obs, j, o, f"env {j}: observation")
+            general: Sequence[Any] = ()
+        else:
+            general = self.envs
+        for j, env in enumerate(general):
             if frozen is not None and frozen[j]:
                 rews[j] = 0.0
                 for key, fill in info_keys:
