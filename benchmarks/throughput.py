@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -434,7 +434,7 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def plot(groups: List[Group], path: str) -> Optional[str]:
-    """One panel per group: median env-steps/s per collector and total envs, min-max bars."""
+    """One panel per group: median env-steps/s (dots, log scale) with min-max bars per collector and load."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -458,9 +458,10 @@ def plot(groups: List[Group], path: str) -> Optional[str]:
                         ys.append(s["median"])
                         lo.append(s["median"] - s["min"])
                         hi.append(s["max"] - s["median"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], label=name, capsize=2)
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", label=name, capsize=3, markersize=5)
         ax.set_xticks(range(len(loads)), [f"{e}/{p}\n{n} envs" for e, p, n in loads], fontsize=8)
         ax.set_yscale("log")
+        ax.grid(axis="y", which="both", alpha=0.3)
         ax.set_ylabel("env steps / s")
         ax.set_title(group.name)
         ax.legend(fontsize=7, ncol=4)
