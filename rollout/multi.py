@@ -31,9 +31,10 @@ import multiprocessing.connection
 import os
 import queue
 import signal
+import sys
 import traceback
 from collections import deque
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Union
 
 import cloudpickle
 import numpy as np
@@ -44,7 +45,6 @@ from . import buffers, core
 from .actor import Actor
 from .errors import ActorContractError, ConfigurationError, WorkerError
 from .feed import Feed, close_all
-from .fragment import Fragment
 from .same import make_batch
 from .sync import WeightStore
 
@@ -219,7 +219,7 @@ class _Pool:
     def start(self, seeds, common) -> None:
         for index, seed in enumerate(seeds):
             parent, child = self.context.Pipe(duplex=False)
-            process = self.context.Process(target=_work, args=(index, seed, child, common), daemon=True,
+            process = self.context.Process(target=_worker_main, args=(index, seed, child, common), daemon=True,
                                            name=f"rollout-worker-{index}")
             process.start()
             child.close()
@@ -238,13 +238,16 @@ class _Pool:
                     self._raise_for(index)
             for index, pipe in enumerate(self.pipes):
                 if pipe in ready:
-                    message = pipe.recv()
+                    try:
+                        message = pipe.recv()
+                    except (EOFError, OSError):  # it died; under forkserver its exit shows up later
+                        self._raise_for(index, wait=self.timeout)
                     if message[0] == "error":
                         raise WorkerError(f"worker {index} failed:\n{message[1]}")
                     return message
 
-    def _raise_for(self, index: int) -> None:
-        """Raise the error a dead worker reported, or say how it died."""
+    def _raise_for(self, index: int, wait: float = 1.0) -> None:
+        """Raise the error a dead worker reported, or say how it died (waiting up to ``wait`` s)."""
         pipe, process = self.pipes[index], self.processes[index]
         try:
             while pipe.poll():
@@ -253,7 +256,7 @@ class _Pool:
                     raise WorkerError(f"worker {index} failed:\n{message[1]}")
         except (EOFError, OSError):
             pass
-        process.join(1.0)  # reap it, so that exitcode is known
+        process.join(wait)  # reap it, so that exitcode is known
         code = process.exitcode
         how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
         raise WorkerError(f"worker {index} (pid {process.pid}) {how} without reporting an error")
@@ -327,6 +330,23 @@ def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
     finally:
         pool.shutdown()
         common.clear()  # it holds the queue, the event and the store's lock too
+
+
+def _worker_main(*args) -> None:
+    """The worker process: :func:`_work`, then exit without the interpreter's teardown.
+
+    The worker has cleaned up (envs closed, pipe closed) and sends nothing more; skipping the
+    teardown (module and torch finalisers) makes ``close()`` under spawn about 0.4 s faster.
+    """
+    try:
+        _work(*args)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)
 
 
 def _work(index: int, seed, pipe, common: dict) -> None:

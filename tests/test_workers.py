@@ -39,8 +39,10 @@ def children():
             with open(f"/proc/{pid}/stat") as file:
                 zombie = file.read().split()[2] == "Z"
             with open(f"/proc/{pid}/cmdline", "rb") as file:
-                # Python's own resource tracker (started once by spawn's semaphores) is no worker
-                tracker = b"resource_tracker" in file.read()
+                # Python's own resource tracker (started once by spawn's semaphores) and forkserver
+                # server are no workers (forkserver's workers are the server's children)
+                cmdline = file.read()
+                tracker = b"resource_tracker" in cmdline or b"forkserver" in cmdline
         except FileNotFoundError:
             continue
         if not zombie and not tracker:
@@ -165,8 +167,11 @@ def test_worker_exception_under_spawn(clean):
             next(feed)
 
 
-def test_killed_worker_is_reported_not_a_hang(clean):
-    with multi.rollout(lambda: Slow(), Feedforward(), 8, 2, 1, 1, start_method="fork") as feed:
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_killed_worker_is_reported_not_a_hang(start_method, clean):
+    # forkserver: the pipe's end of file can arrive before the worker's exit is known
+    with multi.rollout(lambda: Slow(), Feedforward(), 8, 2, 1, 1, start_method=start_method) as feed:
         next(feed)
         victim = next(p.pid for p in multiprocessing.active_children() if p.name.startswith("rollout-worker"))
         os.kill(victim, signal.SIGKILL)
