@@ -110,8 +110,8 @@ _PIXEL_POLICIES = ("random", "conv")
 def make_actor(env: Env, policy: str) -> rollout.Actor:
     probe = env.factory()
     try:
-        n_obs = int(np.prod(probe.observation_space.shape))
-        n_act = int(probe.action_space.n)
+        n_obs = int(np.prod(getattr(probe, "single_observation_space", probe.observation_space).shape))
+        n_act = int(getattr(probe, "single_action_space", probe.action_space).n)
     finally:
         probe.close()
     torch.manual_seed(0)
@@ -259,8 +259,8 @@ def _skip(cfg: Config, env: Env) -> Optional[str]:
         reason = external.torchrl_skip_reason() if c.startswith("torchrl") else external.envpool_skip_reason()
         if reason:
             return reason
-        if env.gym_id is None or (c.startswith("torchrl") and env.pixels):
-            return f"the {c} baseline runs registered non-pixel gymnasium ids only, not {env.name}"
+        if env.gym_id is None or env.pixels:
+            return f"the {c} baseline is wired for registered flat-observation ids (the MLP), not {env.name}"
         if cfg.policy != "mlp":
             return f"the {c} baseline uses the tiny MLP only"
     return None
@@ -339,14 +339,22 @@ def suite(quick: bool, T: int) -> List[Group]:
             cross("cartpole", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "multi"], [4], [1, 2], 32),
             cross("pixels", ["pixels"], ["random"], ["hand", "same"], [2], [1], 16),
         ]
-    every = ["hand", "gym-sync", "gym-async", "same", "single", "multi", "torchrl-sync", "torchrl-multi", "envpool"]
+    c = lambda *args: Config(*args, T=T)  # noqa: E731
+    workers = Group("cartpole-mlp-workers", [
+        *(c("cartpole", "mlp", "same", n, 1) for n in (8, 64)),
+        *(c("cartpole", "mlp", "single", n, 1) for n in (8, 64)),
+        *(c("cartpole", "mlp", k, n, 2) for n in (8, 64) for k in ("multi", "torchrl-multi")),
+        *(c("cartpole", "mlp", k, 2 * n, 1) for n in (8, 64) for k in ("same", "gym-async")),
+    ])
     return [
-        cross("cartpole-mlp", ["cartpole"], ["mlp"], every, [1, 8, 64], [1, 2], T),
+        cross("cartpole-mlp", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "torchrl-sync", "envpool"], [1, 8, 64], [1], T),
+        workers,
         cross("cartpole-batched", ["cartpole-batched"], ["mlp"], ["hand", "same"], [8, 64], [1], T),
-        cross("policies", ["cartpole"], ["random", "mlp-0.5m", "gru"], ["hand", "same", "multi"], [8], [1, 2], T),
-        cross("busy", ["busy50", "busy500"], ["mlp"], ["same", "multi", "gym-async"], [8], [1, 2], T),
-        cross("pixels", ["pixels"], ["random"], ["hand", "gym-sync", "same", "multi"], [8], [1, 2], T),
-        cross("pong", ["pong"], ["conv"], ["same", "multi", "envpool"], [8], [1, 2], 32),
+        Group("policies", [c("cartpole", p, k, 8, n) for p in ("random", "mlp-0.5m", "gru")
+                           for k, n in (("hand", 1), ("same", 1), ("multi", 2))]),
+        Group("busy", [c(e, "mlp", k, 8, n) for e in ("busy50", "busy500") for k, n in (("same", 1), ("multi", 1), ("multi", 2))]),
+        Group("pixels", [c("pixels", "random", k, 8, n) for k, n in (("hand", 1), ("gym-sync", 1), ("same", 1), ("multi", 2))]),
+        Group("pong", [Config("pong", "conv", k, 8, n, T=32) for k, n in (("same", 1), ("multi", 1), ("multi", 2))]),
     ]
 
 
@@ -384,6 +392,9 @@ def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
             same_load = (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.total)
             if other is not cfg and other.collector in BASELINES and same_load and other.collector != cfg.collector:
                 entry[other.collector] = _summary([a / b for a, b in zip(values, base)])
+            if (cfg.collector in POOL and cfg.n_actors > 1 and other.collector in BASELINES and other.collector in IN_PROCESS
+                    and (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.n_envs)):
+                entry[f"{other.collector} per worker"] = _summary([a / b for a, b in zip(values, base)])
             if (cfg.collector in POOL and cfg.n_actors > 1 and other.collector == cfg.collector
                     and other.n_actors == 1 and (other.env, other.policy, other.n_envs) == (cfg.env, cfg.policy, cfg.n_envs)):
                 entry["scaling"] = _summary([a / b for a, b in zip(values, base)])
