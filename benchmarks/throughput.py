@@ -10,9 +10,10 @@ Run ``python -m benchmarks.throughput --help``. Examples::
 Method. A configuration is (env, policy, collector, envs per actor ``n_envs``, ``n_actors``).
 Collectors in one process step ``n_envs * n_actors`` envs; pool collectors (ours, gymnasium's
 ``AsyncVectorEnv``, TorchRL's multi-process collector) run ``n_actors`` workers of ``n_envs``
-envs (``AsyncVectorEnv`` always has one process per env). Each measurement builds the collector,
-warms up (startup, first batches), then counts env steps over at least ``--seconds`` of steady
-state, and closes it. Configurations are interleaved (A B C A B C ...) ``--repeats`` times, since
+envs (``AsyncVectorEnv`` always has one process per env). Each measurement runs in a fresh
+interpreter (a child process: no measurement inherits another's threads, children or imports);
+it builds the collector, warms up (startup, first batches), counts env steps over at least
+``--seconds`` of steady state, and closes it. Configurations are interleaved (A B C A B C ...) ``--repeats`` times, since
 the machine is shared and noisy; we report the median and min-max of env-steps/s, and ratios to
 the in-run baselines with the same env, policy and total envs, computed per round (the
 measurements of one round ran next to each other) and summarised by median and min-max. One torch
@@ -96,7 +97,7 @@ ENVS = {
     "pong": Env("pong", _pong, pixels=True, gym_id="ALE/Pong-v5", needs="ale_py"),
 }
 
-# Policies: flat-observation envs take random/mlp/mlp-0.5m/gru, pixel envs random/conv.
+# Policies: flat-observation envs take random/mlp/mlp-0.5m/gru, pixel envs random/conv (_FITS).
 POLICIES = {
     "random": lambda n_obs, n_act: RandomActor(n_act),
     "mlp": lambda n_obs, n_act: CategoricalMLP(n_obs, n_act, (64, 64)),
@@ -104,7 +105,7 @@ POLICIES = {
     "gru": lambda n_obs, n_act: CategoricalGRU(n_obs, n_act, 64),
     "conv": lambda n_obs, n_act: AtariConv(n_act),
 }
-_PIXEL_POLICIES = ("random", "conv")
+_FITS = {"random": (False, True), "mlp": (False,), "mlp-0.5m": (False,), "gru": (False,), "conv": (True,)}  # pixels?
 
 
 def make_actor(env: Env, policy: str) -> rollout.Actor:
@@ -247,7 +248,7 @@ def _skip(cfg: Config, env: Env) -> Optional[str]:
     reason = env.skip_reason()
     if reason:
         return reason
-    if env.pixels != (cfg.policy in _PIXEL_POLICIES):
+    if env.pixels not in _FITS[cfg.policy]:
         return f"policy {cfg.policy} does not fit {'pixel' if env.pixels else 'flat'} observations"
     c = cfg.collector
     if c == "single" and cfg.n_actors != 1:
@@ -319,7 +320,7 @@ def cross(name: str, envs: List[str], policies: List[str], collectors: List[str]
     configs, seen = [], set()
     for e in envs:
         for p in policies:
-            if ENVS[e].pixels != (p in _PIXEL_POLICIES):
+            if ENVS[e].pixels not in _FITS[p]:
                 continue
             for a in n_actors:
                 for n in n_envs:
@@ -358,6 +359,21 @@ def suite(quick: bool, T: int) -> List[Group]:
     ]
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure_isolated(cfg: Config, seconds: float, warmup: float) -> float:
+    """:func:`measure` in a fresh interpreter (a child of this one): no measurement inherits
+    another's threads, children, allocator state or imports (TorchRL changes process globals)."""
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--measure-one", json.dumps(cfg.__dict__),
+           "--seconds", repr(seconds), "--warmup", repr(warmup)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + warmup + 300)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"measuring {cfg} failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
+    return float(lines[-1])
+
+
 def run_group(group: Group, repeats: int, seconds: float, warmup: float, log: Callable[[str], None]) -> None:
     active = []
     for cfg in group.configs:
@@ -370,7 +386,7 @@ def run_group(group: Group, repeats: int, seconds: float, warmup: float, log: Ca
             group.results[cfg] = []
     for r in range(repeats):
         for cfg in active:
-            value = measure(cfg, seconds, warmup)
+            value = measure_isolated(cfg, seconds, warmup)
             group.results[cfg].append(value)
             log(f"  [{r + 1}/{repeats}] {cfg.env}/{cfg.policy} {cfg.label:<22} {value:>10,.0f} steps/s")
 
@@ -402,19 +418,6 @@ def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
     return out
 
 
-def table(group: Group) -> str:
-    r = ratios(group)
-    lines = [f"{'env/policy':<20} {'collector':<22} {'median':>10} {'min-max':>21}  ratios (median [min-max])"]
-    for cfg, values in group.results.items():
-        s = _summary(values)
-        rs = ", ".join(f"/{k} {v['median']:.2f} [{v['min']:.2f}-{v['max']:.2f}]" for k, v in r[cfg].items())
-        lines.append(f"{cfg.env + '/' + cfg.policy:<20} {cfg.label:<22} {s['median']:>10,.0f} "
-                     f"{s['min']:>10,.0f}-{s['max']:<10,.0f}  {rs}")
-    for cfg, why in group.skipped.items():
-        lines.append(f"{cfg.env + '/' + cfg.policy:<20} {cfg.label:<22} {'skipped':>10}  {why}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- environment
 def machine() -> Dict[str, Any]:
     cpu = platform.processor() or ""
@@ -436,8 +439,7 @@ def versions() -> Dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[name] = None
     try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out["rollout (git)"] = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+        out["rollout (git)"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                               text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         out["rollout (git)"] = None
@@ -495,6 +497,56 @@ def to_json(groups: List[Group]) -> List[Dict[str, Any]]:
     return out
 
 
+# The issue's throughput targets: (name, env, collector, n_envs, n_actors, ratio key, limit).
+TARGETS = [
+    *((f"same >= 0.9x hand, {n} envs", "cartpole", "same", n, 1, "hand", 0.9) for n in (1, 8, 64)),
+    *((f"same >= 1.0x gym-sync, {n} envs", "cartpole", "same", n, 1, "gym-sync", 1.0) for n in (1, 8, 64)),
+    *((f"multi 2x{n} >= 1.75x same with {n} envs", "cartpole", "multi", n, 2, "same per worker", 1.75) for n in (8, 64)),
+    *((f"multi 2x{n} >= 10x gym-async, {2 * n} envs", "cartpole", "multi", n, 2, "gym-async", 10.0) for n in (8, 64)),
+    *((f"multi 2x{n} >= 15x torchrl-multi 2x{n}", "cartpole", "multi", n, 2, "torchrl-multi", 15.0) for n in (8, 64)),
+    ("busy500: multi 2x8 >= 1.8x multi 1x8", "busy500", "multi", 8, 2, "scaling", 1.8),
+]
+
+
+def targets(groups: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Check :data:`TARGETS` on the JSON groups: ``{name: {value, limit, met}}`` (median ratios)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, env, collector, n_envs, n_actors, key, limit in TARGETS:
+        for group in groups:
+            for r in group["results"]:
+                if (r["env"], r["policy"], r["collector"], r["n_envs"], r["n_actors"]) == (env, "mlp", collector, n_envs, n_actors) \
+                        and key in r["ratios"]:
+                    value = r["ratios"][key]["median"]
+                    out[name] = {"value": value, "min": r["ratios"][key]["min"], "max": r["ratios"][key]["max"],
+                                 "limit": limit, "met": value >= limit}
+    return out
+
+
+def print_report(report: Dict[str, Any]) -> None:
+    """The tables, the targets and (when measured) the lifecycle results of a saved report."""
+    m, settings = report["machine"], report["settings"]
+    print(f"command: {report['command']}")
+    print(f"machine: {m['cores']} cores, {m['cpu']}; load average before {m['loadavg'][0]:.2f}, after {m['loadavg_after'][0]:.2f}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
+    for group in report["groups"]:
+        print(f"\n== {group['name']} (env-steps/s, {settings['repeats']} interleaved rounds of >= {settings['seconds']:g} s)")
+        print(f"{'env/policy':<20} {'collector':<22} {'median':>10} {'min-max':>21}  ratios (median [min-max])")
+        for r in group["results"]:
+            rs = ", ".join(f"/{k} {v['median']:.2f} [{v['min']:.2f}-{v['max']:.2f}]" for k, v in r["ratios"].items())
+            print(f"{r['env'] + '/' + r['policy']:<20} {r['label']:<22} {r['median']:>10,.0f} {r['min']:>10,.0f}-{r['max']:<10,.0f}  {rs}")
+        for r in group["skipped"]:
+            print(f"{r['env'] + '/' + r['policy']:<20} {r['label']:<22} {'skipped':>10}  {r['reason']}")
+    checks = targets(report["groups"])
+    if checks:
+        print("\n== targets (median ratio [min-max over rounds])")
+        for name, c in checks.items():
+            print(f"{'met   ' if c['met'] else 'MISSED'} {name:<42} {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}]")
+    if "lifecycle" in report:
+        from . import lifecycle
+        print()
+        print(lifecycle.report(report["lifecycle"]))
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--env", nargs="+", choices=sorted(ENVS), help="envs (default: the recorded suite)")
@@ -509,7 +561,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a small, short run (a smoke test, not a measurement)")
     parser.add_argument("--lifecycle", action="store_true", help="also measure startup, shutdown, sync, lag, idle, memory")
     parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json and throughput.png")
+    parser.add_argument("--measure-one", metavar="CONFIG", help=argparse.SUPPRESS)  # a child of measure_isolated
+    parser.add_argument("--report", metavar="JSON", help="print the tables and targets of a saved run (no measuring)")
     args = parser.parse_args(argv)
+    if args.measure_one:
+        torch.set_num_threads(1)
+        print(measure(Config(**json.loads(args.measure_one)), args.seconds, args.warmup), flush=True)
+        return {}
+    if args.report:
+        with open(args.report) as f:
+            report = json.load(f)
+        print_report(report)
+        return report
     if args.quick:
         args.seconds, args.warmup, args.repeats = 0.3, 0.1, 2
     torch.set_num_threads(1)
@@ -532,17 +595,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     report["machine"]["loadavg_after"] = list(os.getloadavg())
     report["wall_seconds"] = time.perf_counter() - started
     report["groups"] = to_json(groups)
+    report["targets"] = targets(report["groups"])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "throughput.json"), "w") as f:
         json.dump(report, f, indent=1)
     why = plot(groups, os.path.join(args.out, "throughput.png"))
     print()
-    print(f"machine: {report['machine']['cores']} cores, {report['machine']['cpu']}; load average before "
-          f"{report['machine']['loadavg'][0]:.2f}, after {report['machine']['loadavg_after'][0]:.2f}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
-    for group in groups:
-        print(f"\n== {group.name} (env-steps/s over {args.repeats} interleaved rounds of >= {args.seconds:g} s)")
-        print(table(group))
+    print_report(report)
     print(f"\nwrote {os.path.join(args.out, 'throughput.json')}" + (f"; no plot: {why}" if why else f" and {os.path.join(args.out, 'throughput.png')}"))
     return report
 

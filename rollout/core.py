@@ -435,7 +435,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         frozen[:] = False
         hx = context.hx
         for t in range(T):
-            act, hx_next, info = actor.step(*_to(device, plan.inputs[t]), hx=hx, virtual=False)
+            act, hx_next, info = actor.step(*(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False)
             copy_act(act, plan.act_rows[t + 1])
             copy_info(info, plan.actor_rows[t])
             if not (stateless and type(hx_next) is tuple and not hx_next) and optree.tree_structure(hx_next) != hx_spec:
@@ -473,7 +473,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                 plan.fin[t1] = False
             else:
                 plan.fin[t1] = fin
-                if fin.any():
+                if not stateless and fin.any():
                     hx_next = _reset(actor, hx_next, torch.from_numpy(np.flatnonzero(fin)), hx_spec)
             hx = hx_next
 

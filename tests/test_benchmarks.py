@@ -52,3 +52,20 @@ def test_inapplicable_configurations_are_skipped_with_a_reason():
     assert "pixel" in throughput._skip(Config("pixels", "mlp", "same", 8, 1), throughput.ENVS["pixels"])
     assert "batched" in throughput._skip(Config("cartpole-batched", "mlp", "multi", 8, 2), throughput.ENVS["cartpole-batched"])
     assert throughput._skip(Config("cartpole", "mlp", "same", 8, 1), throughput.ENVS["cartpole"]) is None
+
+
+def test_targets_read_the_median_ratios_of_the_named_configurations():
+    def result(collector, n_envs, n_actors, ratios, env="cartpole"):
+        return {"env": env, "policy": "mlp", "collector": collector, "n_envs": n_envs, "n_actors": n_actors, "ratios": ratios}
+
+    groups = [{"results": [
+        result("same", 8, 1, {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}, "gym-sync": {"median": 0.99, "min": 0.9, "max": 1.1}}),
+        result("multi", 8, 2, {"same per worker": {"median": 1.8, "min": 1.7, "max": 1.9}}),
+        result("multi", 8, 2, {"scaling": {"median": 1.7, "min": 1.6, "max": 1.9}}, env="busy500"),
+    ]}]
+    checks = throughput.targets(groups)
+    assert checks["same >= 0.9x hand, 8 envs"] == {"value": 0.95, "min": 0.9, "max": 1.0, "limit": 0.9, "met": True}
+    assert checks["same >= 1.0x gym-sync, 8 envs"]["met"] is False
+    assert checks["multi 2x8 >= 1.75x same with 8 envs"]["met"] is True
+    assert checks["busy500: multi 2x8 >= 1.8x multi 1x8"]["met"] is False
+    assert "same >= 0.9x hand, 64 envs" not in checks  # not measured: not reported as met
