@@ -547,6 +547,23 @@ def print_report(report: Dict[str, Any]) -> None:
         print(lifecycle.report(report["lifecycle"]))
 
 
+def markdown(report: Dict[str, Any]) -> str:
+    """The targets and the result tables of a saved run as Markdown (for benchmarks/README.md)."""
+    mmm = lambda v, fmt: f"{v['median']:{fmt}} [{v['min']:{fmt}}-{v['max']:{fmt}}]"  # noqa: E731
+    lines = ["| target | median ratio [min-max] | met |", "|---|---:|:-:|"]
+    lines += [f"| {name} | {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}] | {'yes' if c['met'] else '**no**'} |"
+              for name, c in targets(report["groups"]).items()]
+    for group in report["groups"]:
+        lines += ["", f"**{group['name']}**", "", "| env / policy | collector | env-steps/s, median [min-max] | ratios, median [min-max] |",
+                  "|---|---|---:|---|"]
+        for r in group["results"]:
+            ours = r["collector"] in ("same", "single", "multi")  # the baselines' own ratios are in the JSON
+            rs = "; ".join(f"/{k} {mmm(v, '.2f')}" for k, v in r["ratios"].items()) if ours else ""
+            lines.append(f"| {r['env']} / {r['policy']} | {'**' + r['label'] + '**' if ours else r['label']} | {mmm(r, ',.0f')} | {rs} |")
+        lines += [f"| {r['env']} / {r['policy']} | {r['label']} | skipped | {r['reason']} |" for r in group["skipped"]]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--env", nargs="+", choices=sorted(ENVS), help="envs (default: the recorded suite)")
@@ -563,6 +580,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json and throughput.png")
     parser.add_argument("--measure-one", metavar="CONFIG", help=argparse.SUPPRESS)  # a child of measure_isolated
     parser.add_argument("--report", metavar="JSON", help="print the tables and targets of a saved run (no measuring)")
+    parser.add_argument("--markdown", action="store_true", help="with --report: as Markdown tables")
     args = parser.parse_args(argv)
     if args.measure_one:
         torch.set_num_threads(1)
@@ -571,7 +589,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.report:
         with open(args.report) as f:
             report = json.load(f)
-        print_report(report)
+        print(markdown(report)) if args.markdown else print_report(report)
         return report
     if args.quick:
         args.seconds, args.warmup, args.repeats = 0.3, 0.1, 2

@@ -69,3 +69,14 @@ def test_targets_read_the_median_ratios_of_the_named_configurations():
     assert checks["multi 2x8 >= 1.75x same with 8 envs"]["met"] is True
     assert checks["busy500: multi 2x8 >= 1.8x multi 1x8"]["met"] is False
     assert "same >= 0.9x hand, 64 envs" not in checks  # not measured: not reported as met
+
+
+def test_markdown_lists_targets_results_and_skips():
+    report = {"groups": [{"name": "g", "results": [
+        {"env": "cartpole", "policy": "mlp", "collector": "same", "n_envs": 8, "n_actors": 1, "label": "same 8",
+         "median": 100.0, "min": 90.0, "max": 110.0, "ratios": {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}}},
+    ], "skipped": [{"env": "cartpole", "policy": "mlp", "label": "envpool 8", "reason": "envpool not installed"}]}]}
+    text = throughput.markdown(report)
+    assert "| same >= 0.9x hand, 8 envs | 0.95 [0.90-1.00] | yes |" in text
+    assert "| cartpole / mlp | **same 8** | 100 [90-110] | /hand 0.95 [0.90-1.00] |" in text
+    assert "| cartpole / mlp | envpool 8 | skipped | envpool not installed |" in text
