@@ -94,7 +94,9 @@ def rollout(
     ----------
     factory : callable
         ``factory()`` or ``factory(seed)`` returning a gymnasium (or legacy gym) env; sent to the
-        workers with cloudpickle, so lambdas and closures work with every start method.
+        workers with cloudpickle, so lambdas and closures work with every start method. A factory
+        may return a batched env (a ``VectorEnv``, see :class:`rollout.envs.BatchedEnv`) of
+        ``n_per_actor`` envs: each worker then steps one such object.
     actor : Actor
         The learner's actor: copied into each worker; its weights are published at every
         ``next()``.
@@ -190,6 +192,11 @@ def _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers
     # Validate the env and the actor on a probe env built here, before any worker starts.
     probe = make_batch(factory, 1, 0)
     try:
+        if probe.batched and len(probe) != n_per_actor:
+            raise ConfigurationError(
+                f"the factory returns a VectorEnv of {len(probe)} envs: each worker steps one, so n_per_actor must be "
+                f"{len(probe)}, found n_per_actor={n_per_actor}"
+            )
         spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info).spec
     finally:
         probe.close()
@@ -201,7 +208,7 @@ def _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers
     pool.store = WeightStore(actor, context.Lock())
     common = dict(factory=payload_factory, actor=payload_actor, store=pool.store, batches=pool.batches, jobs=pool.jobs,
                   stop=pool.stop_event, n_steps=n_steps, n_per_actor=n_per_actor, n_per_batch=n_per_batch, sticky=sticky,
-                  env_info=env_info, n_threads=n_threads, close=close)
+                  env_info=env_info, n_threads=n_threads, close=close, batched=probe.batched)
     return Feed(_generate(pool, actor, seeds, common, device, pinned))
 
 
@@ -362,7 +369,7 @@ def _work(index: int, seed, pipe, common: dict) -> None:
         slots = [
             buffers.narrow(b, k * n_per_actor, n_per_actor) for b in common["batches"] for k in range(n_per_batch)
         ]
-        batch = make_batch(factory, n_per_actor, seed)
+        batch = make_batch(factory, 1 if common["batched"] else n_per_actor, seed)  # a VectorEnv is the worker's batch
         context = core.startup(batch, actor, common["n_steps"], sticky=common["sticky"], seed=seed,
                                env_info=common["env_info"])
         store, jobs, stop = common["store"], common["jobs"], common["stop"]

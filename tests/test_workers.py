@@ -19,7 +19,7 @@ import rollout
 from rollout import multi, same, single
 from rollout.errors import ConfigurationError, EnvError, WorkerError
 from tests.test_actor import WrongDtype
-from tests.toys import Corridor, Counter, FailingActor, FailsInWorker, Feedforward, Nested, NestedActor, Slow, Switch, Tagged, in_worker
+from tests.toys import BatchedCorridor, Corridor, Counter, FailingActor, FailsInWorker, Feedforward, Nested, NestedActor, Slow, Switch, Tagged, in_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -256,3 +256,17 @@ def test_rlplay_configuration_with_more_workers_than_cores(clean):
                        n_per_batch=2, start_method="fork") as feed:
         batches = [next(feed).state.obs.shape for _ in range(6)]
     assert batches == [(52, 8, 4)] * 6
+
+
+@pytest.mark.timeout(60)
+def test_a_vector_env_factory_gives_each_worker_one_batched_env(clean):
+    factory = lambda: BatchedCorridor(3, length=4)  # noqa: E731
+    with pytest.raises(ConfigurationError, match="n_per_actor must be 3, found n_per_actor=2"):
+        multi.rollout(factory, Counter(), 5, 2, 2, start_method="fork")
+    with multi.rollout(factory, Counter(), 5, 1, 3, start_method="fork", seed=0) as feed:
+        ours = [next(feed).clone() for _ in range(3)]
+    with same.rollout(factory(), Counter(), 5, seed=0) as feed:
+        alone = [next(feed).clone() for _ in range(3)]
+    for a, b in zip(ours, alone):
+        assert a.state.obs.shape == (6, 3, 1) and b.state.fin[1:].any()
+        assert leaves_equal(a, b)
