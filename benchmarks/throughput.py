@@ -276,18 +276,10 @@ def measure(cfg: Config, seconds: float, warmup: float) -> float:
         if c == "envpool":
             return external.envpool_throughput(env.gym_id, cfg.total, cfg.T, seconds, warmup)
         kind = "sync" if c == "torchrl-sync" else "multisync"
+        Group("cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in PAIRED], paired=True),
         workers, per = (1, cfg.total) if kind == "sync" else (cfg.n_actors, cfg.n_envs)
         return external.torchrl_throughput(kind, env.gym_id, workers, per, cfg.T, seconds, warmup)
-    actor = make_actor(env, cfg.policy)
-    if c == "hand":
-        source = _hand(env, actor, cfg.total, cfg.T)
-    elif c == "gym-sync":
-        source = _vector_loop(gym.vector.SyncVectorEnv([env.factory] * cfg.total), actor, cfg.total, cfg.T)
-    elif c == "gym-async":
-        venv = gym.vector.AsyncVectorEnv([env.factory] * cfg.total, shared_memory=True)
-        source = _vector_loop(venv, actor, cfg.total, cfg.T)
-    else:
-        source = _ours(c)(env, actor, cfg)
+    source = _source(cfg)
     try:
         start = time.perf_counter()
         next(source)
@@ -303,6 +295,58 @@ def measure(cfg: Config, seconds: float, warmup: float) -> float:
         source.close()
 
 
+def _source(cfg: Config) -> Iterator[int]:
+    """A generator collecting one batch per ``next()`` (yields its env steps), built lazily."""
+    env, c = ENVS[cfg.env], cfg.collector
+    actor = make_actor(env, cfg.policy)
+    if c == "hand":
+        return _hand(env, actor, cfg.total, cfg.T)
+    if c == "gym-sync":
+        return _vector_loop(gym.vector.SyncVectorEnv([env.factory] * cfg.total), actor, cfg.total, cfg.T)
+    if c == "gym-async":
+        return _vector_loop(gym.vector.AsyncVectorEnv([env.factory] * cfg.total, shared_memory=True), actor, cfg.total, cfg.T)
+    return _ours(c)(env, actor, cfg)
+
+
+PAIRED = ("hand", "gym-sync", "same")  # in-process collectors: suspended ones use no CPU
+
+
+def measure_paired(cfgs: List[Config], seconds: float, warmup: float, slice_s: float = 0.2) -> List[float]:
+    """Env-steps/s of in-process collectors alive together, run in turns of ``slice_s`` seconds
+    until each has run ``seconds``: a slow patch of a noisy machine hits all of them alike."""
+    if any(cfg.collector not in PAIRED for cfg in cfgs):
+        raise ValueError(f"paired measurements take the in-process collectors {PAIRED}, found {[c.collector for c in cfgs]}")
+    sources = [_source(cfg) for cfg in cfgs]
+    try:
+        for source in sources:
+            start = time.perf_counter()
+            next(source)
+            while time.perf_counter() - start < warmup:
+                next(source)
+        steps, spent = [0] * len(cfgs), [0.0] * len(cfgs)
+        while min(spent) < seconds:
+            for i, source in enumerate(sources):
+                start = time.perf_counter()
+                while time.perf_counter() - start < slice_s:
+                    steps[i] += next(source)
+                spent[i] += time.perf_counter() - start
+        return [n / t for n, t in zip(steps, spent)]
+    finally:
+        for source in sources:
+            source.close()
+
+
+def measure_isolated_paired(cfgs: List[Config], seconds: float, warmup: float) -> List[float]:
+    """:func:`measure_paired` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--measure-paired", json.dumps([c.__dict__ for c in cfgs]),
+           "--seconds", repr(seconds), "--warmup", repr(warmup)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=len(cfgs) * (seconds + warmup) + 300)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"measuring {cfgs} failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 # ----------------------------------------------------------------------------------- the run
 @dataclass
 class Group:
@@ -310,6 +354,7 @@ class Group:
 
     name: str
     configs: List[Config]
+    paired: bool = False  # measure each load's collectors together (measure_paired)
     results: Dict[Config, List[float]] = field(default_factory=dict)
     skipped: Dict[Config, str] = field(default_factory=dict)
 
@@ -339,6 +384,7 @@ def suite(quick: bool, T: int) -> List[Group]:
         return [
             cross("cartpole", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "multi"], [4], [1, 2], 32),
             cross("pixels", ["pixels"], ["random"], ["hand", "same"], [2], [1], 16),
+            Group("cartpole-paired", [Config("cartpole", "mlp", k, 4, 1, T=32) for k in PAIRED], paired=True),
         ]
     c = lambda *args: Config(*args, T=T)  # noqa: E731
     workers = Group("cartpole-mlp-workers", [
@@ -349,6 +395,7 @@ def suite(quick: bool, T: int) -> List[Group]:
     ])
     return [
         cross("cartpole-mlp", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "torchrl-sync", "envpool"], [1, 8, 64], [1], T),
+        Group("cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in PAIRED], paired=True),
         workers,
         cross("cartpole-batched", ["cartpole-batched"], ["mlp"], ["hand", "same"], [8, 64], [1], T),
         Group("policies", [c("cartpole", p, k, 8, n) for p in ("random", "mlp-0.5m", "gru")
@@ -384,11 +431,15 @@ def run_group(group: Group, repeats: int, seconds: float, warmup: float, log: Ca
         else:
             active.append(cfg)
             group.results[cfg] = []
+    loads: Dict[tuple, List[Config]] = {}
+    for cfg in active:
+        loads.setdefault((cfg.env, cfg.policy, cfg.total) if group.paired else cfg, []).append(cfg)
     for r in range(repeats):
-        for cfg in active:
-            value = measure_isolated(cfg, seconds, warmup)
-            group.results[cfg].append(value)
-            log(f"  [{r + 1}/{repeats}] {cfg.env}/{cfg.policy} {cfg.label:<22} {value:>10,.0f} steps/s")
+        for cfgs in loads.values():
+            values = measure_isolated_paired(cfgs, seconds, warmup) if group.paired else [measure_isolated(cfgs[0], seconds, warmup)]
+            for cfg, value in zip(cfgs, values):
+                group.results[cfg].append(value)
+                log(f"  [{r + 1}/{repeats}] {cfg.env}/{cfg.policy} {cfg.label:<22} {value:>10,.0f} steps/s")
 
 
 def _summary(values: List[float]) -> Dict[str, float]:
@@ -490,6 +541,7 @@ def to_json(groups: List[Group]) -> List[Dict[str, Any]]:
         r = ratios(group)
         out.append({
             "name": group.name,
+            "paired": group.paired,
             "results": [{**cfg.__dict__, "total_envs": cfg.total, "label": cfg.label, "samples": values,
                          **_summary(values), "ratios": r[cfg]} for cfg, values in group.results.items()],
             "skipped": [{**cfg.__dict__, "label": cfg.label, "reason": why} for cfg, why in group.skipped.items()],
@@ -512,13 +564,13 @@ def targets(groups: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """Check :data:`TARGETS` on the JSON groups: ``{name: {value, limit, met}}`` (median ratios)."""
     out: Dict[str, Dict[str, Any]] = {}
     for name, env, collector, n_envs, n_actors, key, limit in TARGETS:
-        for group in groups:
+        for group in sorted(groups, key=lambda g: bool(g.get("paired"))):  # paired measurements win
             for r in group["results"]:
                 if (r["env"], r["policy"], r["collector"], r["n_envs"], r["n_actors"]) == (env, "mlp", collector, n_envs, n_actors) \
                         and key in r["ratios"]:
                     value = r["ratios"][key]["median"]
                     out[name] = {"value": value, "min": r["ratios"][key]["min"], "max": r["ratios"][key]["max"],
-                                 "limit": limit, "met": value >= limit}
+                                 "limit": limit, "met": value >= limit, "group": group.get("name")}
     return out
 
 
@@ -550,8 +602,8 @@ def print_report(report: Dict[str, Any]) -> None:
 def markdown(report: Dict[str, Any]) -> str:
     """The targets and the result tables of a saved run as Markdown (for benchmarks/README.md)."""
     mmm = lambda v, fmt: f"{v['median']:{fmt}} [{v['min']:{fmt}}-{v['max']:{fmt}}]"  # noqa: E731
-    lines = ["| target | median ratio [min-max] | met |", "|---|---:|:-:|"]
-    lines += [f"| {name} | {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}] | {'yes' if c['met'] else '**no**'} |"
+    lines = ["| target | median ratio [min-max] | met | measured in |", "|---|---:|:-:|---|"]
+    lines += [f"| {name} | {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}] | {'yes' if c['met'] else '**no**'} | {c.get('group')} |"
               for name, c in targets(report["groups"]).items()]
     for group in report["groups"]:
         lines += ["", f"**{group['name']}**", "", "| env / policy | collector | env-steps/s, median [min-max] | ratios, median [min-max] |",
@@ -579,12 +631,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--lifecycle", action="store_true", help="also measure startup, shutdown, sync, lag, idle, memory")
     parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json and throughput.png")
     parser.add_argument("--measure-one", metavar="CONFIG", help=argparse.SUPPRESS)  # a child of measure_isolated
+    parser.add_argument("--measure-paired", metavar="CONFIGS", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true", help="with --env: measure each load's in-process collectors together")
     parser.add_argument("--report", metavar="JSON", help="print the tables and targets of a saved run (no measuring)")
     parser.add_argument("--markdown", action="store_true", help="with --report: as Markdown tables")
     args = parser.parse_args(argv)
     if args.measure_one:
         torch.set_num_threads(1)
         print(measure(Config(**json.loads(args.measure_one)), args.seconds, args.warmup), flush=True)
+        return {}
+    if args.measure_paired:
+        torch.set_num_threads(1)
+        print(json.dumps(measure_paired([Config(**c) for c in json.loads(args.measure_paired)], args.seconds, args.warmup)), flush=True)
         return {}
     if args.report:
         with open(args.report) as f:
@@ -601,6 +659,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                               "settings": {"seconds": args.seconds, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1}}
     if args.env:
         groups = [cross("custom", args.env, args.policy, args.collectors, args.n_envs, args.n_actors, args.T)]
+        groups[0].paired = args.paired
     else:
         groups = suite(args.quick, args.T)
     started = time.perf_counter()

@@ -64,7 +64,7 @@ def test_targets_read_the_median_ratios_of_the_named_configurations():
         result("multi", 8, 2, {"scaling": {"median": 1.7, "min": 1.6, "max": 1.9}}, env="busy500"),
     ]}]
     checks = throughput.targets(groups)
-    assert checks["same >= 0.9x hand, 8 envs"] == {"value": 0.95, "min": 0.9, "max": 1.0, "limit": 0.9, "met": True}
+    assert checks["same >= 0.9x hand, 8 envs"] == {"value": 0.95, "min": 0.9, "max": 1.0, "limit": 0.9, "met": True, "group": None}
     assert checks["same >= 1.0x gym-sync, 8 envs"]["met"] is False
     assert checks["multi 2x8 >= 1.75x same with 8 envs"]["met"] is True
     assert checks["busy500: multi 2x8 >= 1.8x multi 1x8"]["met"] is False
@@ -77,6 +77,6 @@ def test_markdown_lists_targets_results_and_skips():
          "median": 100.0, "min": 90.0, "max": 110.0, "ratios": {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}}},
     ], "skipped": [{"env": "cartpole", "policy": "mlp", "label": "envpool 8", "reason": "envpool not installed"}]}]}
     text = throughput.markdown(report)
-    assert "| same >= 0.9x hand, 8 envs | 0.95 [0.90-1.00] | yes |" in text
+    assert "| same >= 0.9x hand, 8 envs | 0.95 [0.90-1.00] | yes | g |" in text
     assert "| cartpole / mlp | **same 8** | 100 [90-110] | /hand 0.95 [0.90-1.00] |" in text
     assert "| cartpole / mlp | envpool 8 | skipped | envpool not installed |" in text
