@@ -276,7 +276,6 @@ def measure(cfg: Config, seconds: float, warmup: float) -> float:
         if c == "envpool":
             return external.envpool_throughput(env.gym_id, cfg.total, cfg.T, seconds, warmup)
         kind = "sync" if c == "torchrl-sync" else "multisync"
-        Group("cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in PAIRED], paired=True),
         workers, per = (1, cfg.total) if kind == "sync" else (cfg.n_actors, cfg.n_envs)
         return external.torchrl_throughput(kind, env.gym_id, workers, per, cfg.T, seconds, warmup)
     source = _source(cfg)
