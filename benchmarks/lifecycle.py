@@ -51,13 +51,17 @@ START_METHODS = tuple(m for m in ("fork", "forkserver", "spawn") if m in multipr
 make_env = lambda: gymnasium.make("CartPole-v1")  # noqa: E731
 
 
-def learn_step(batch, actor: torch.nn.Module, optim: torch.optim.Optimizer) -> None:
-    """One A2C update on ``batch`` exactly as ``zoo.demo`` does (loss, backward, clip, Adam)."""
-    loss, _ = a2c.loss(batch, actor, gamma=0.99, lam=0.95, entropy_coef=0.01, correction="truncated_is")
-    optim.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(actor.parameters(), 0.5)
-    optim.step()
+EPOCHS = 4  # Adam updates per batch in learner_idle, as PPO's epochs over one batch
+
+
+def learn_step(batch, actor: torch.nn.Module, optim: torch.optim.Optimizer, epochs: int = 1) -> None:
+    """``epochs`` A2C updates on ``batch`` as ``zoo.demo`` does (loss, backward, clip, Adam)."""
+    for _ in range(epochs):
+        loss, _ = a2c.loss(batch, actor, gamma=0.99, lam=0.95, entropy_coef=0.01, correction="truncated_is")
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(actor.parameters(), 0.5)
+        optim.step()
 
 
 def _stats(samples: List[float]) -> Dict[str, float]:
@@ -293,7 +297,7 @@ def _segment(feed, actor, optim, n: int) -> Dict[str, float]:
     start = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
-        learn_step(batch, actor, optim)
+        learn_step(batch, actor, optim, EPOCHS)
         learn.append(time.perf_counter() - t)
         t = time.perf_counter()
         batch = next(feed)
@@ -303,7 +307,7 @@ def _segment(feed, actor, optim, n: int) -> Dict[str, float]:
 
 
 def learner_idle(quick: bool = False, n_envs: int = 8, n_steps: int = T) -> dict:
-    """Env-steps/s with one real A2C update (:func:`learn_step`) per fragment of ``n_envs`` x
+    """Env-steps/s with a real learning step (:func:`learn_step`: ``EPOCHS`` A2C updates) per fragment of ``n_envs`` x
     ``n_steps``: (a) ``same.rollout``, collect then learn in sequence, vs. (b) ``single.rollout``,
     one worker collecting the next fragment while the learner learns.
 
@@ -337,7 +341,7 @@ def learner_idle(quick: bool = False, n_envs: int = 8, n_steps: int = T) -> dict
     collect = statistics.median(r["blocked"] / n for r in runs["same"])
     learn = statistics.median(r["learn"] for r in runs["same"] + runs["single"])
     return {
-        "n_envs": n_envs, "n_steps": n_steps, "fragments_per_segment": n,
+        "n_envs": n_envs, "n_steps": n_steps, "fragments_per_segment": n, "epochs": EPOCHS,
         "same_steps_per_s": _stats(rate["same"]), "single_steps_per_s": _stats(rate["single"]),
         "ratio": statistics.median(rate["single"]) / statistics.median(rate["same"]),
         "pair_ratio": statistics.median(b / a for a, b in zip(rate["same"], rate["single"])),
@@ -518,7 +522,7 @@ def report(r: dict) -> str:
         if isinstance(v, dict):
             lines.append(f"{name:<18} {v['hist']}  mean {v['mean']:.2f}  max {v['max']} (bound {v['bound']})")
     li = r["learner_idle"]
-    lines += ["", f"learner idle: A2C update per fragment of {li['n_envs']} envs x T={li['n_steps']} "
+    lines += ["", f"learner idle: {li.get('epochs', 1)} A2C update(s) per fragment of {li['n_envs']} envs x T={li['n_steps']} "
                   f"(collect {li['collect_ms']:.1f} ms, learn {li['learn_ms']:.1f} ms, perfect-overlap bound {li['bound']:.3f}x; "
                   f"per fragment: same {li['same_fragment_ms']:.1f} ms, single {li['single_fragment_ms']:.1f} ms)",
               f"  same (collect, then learn)  {_mmm(li['same_steps_per_s'], fmt=',.0f')} steps/s",
