@@ -200,6 +200,9 @@ def loss(
         Weights ``c_v`` and ``c_H`` (>= 0).
     normalize_advantages : bool
         Standardise the advantages over the minibatch's valid samples (population std, + 1e-8).
+        Skipped when the minibatch has at most one valid sample, whose standardised advantage
+        would be 0 and give no policy gradient (as SB3's ``len(advantages) > 1``); with valid
+        samples that share one advantage value the result is 0 all the same.
     gamma, lam : float
         Used only when ``batch`` is a fragment.
 
@@ -239,7 +242,9 @@ def loss(
     if normalize_advantages:
         mean = _policy.masked_mean(advantage, weight)
         std = _policy.masked_mean((advantage - mean) ** 2, weight).sqrt()
-        advantage = (advantage - mean) / (std + 1e-8)
+        # A lone valid sample would standardise to 0 (no policy gradient): keep it as it is.
+        # torch.where rather than a Python `if`: no device-to-host sync.
+        advantage = torch.where(weight.sum() > 1, (advantage - mean) / (std + 1e-8), advantage)
     log_ratio = logp - batch.logp
     ratio = log_ratio.exp()
     surrogate = torch.max(-advantage * ratio, -advantage * ratio.clamp(1.0 - clip, 1.0 + clip))

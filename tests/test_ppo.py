@@ -2,6 +2,7 @@
 
 import math
 
+import optree
 import pytest
 import torch
 from torch.distributions import Categorical
@@ -78,6 +79,30 @@ def test_advantages_normalised_per_minibatch():
     normalised[valid] = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
     _, manual = ppo.loss(minibatch._replace(advantage=normalised), module, normalize_advantages=False)
     assert info["policy_loss"] == pytest.approx(manual["policy_loss"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_single_valid_sample_is_not_normalised_to_zero(padded):
+    # A minibatch with one valid row (alone, or beside padding): standardising its advantage would
+    # give 0 and no policy gradient; the loss uses the raw advantage instead.
+    module = MLPActor()
+    prepared = ppo.prepare(collect(module), module)  # fresh module: every ratio is 1, nothing clipped
+    rows = list(ppo.minibatches(prepared, prepared.valid.numel(), generator=torch.Generator().manual_seed(0)))
+    single = next(mb for mb in rows if mb.valid.all() and mb.advantage.abs().min() > 1e-3)
+    if padded:  # two rows, the second invalid
+        other = next(mb for mb in rows if mb is not single)
+        single = optree.tree_map(lambda a, b: torch.cat([a, b], 1), single, other)
+        single = single._replace(valid=torch.tensor([[True, False]]))
+    loss, info = ppo.loss(single, module, value_coef=0.0)
+    grads = gradients(module, loss)
+    assert has_gradient(grads, "policy.")
+    advantage = float(single.advantage[0, 0])
+    assert info["policy_loss"] == pytest.approx(-advantage, rel=1e-5)  # -A * ratio, ratio 1
+    logp = Categorical(logits=module.policy(single.state.obs[:, :1])).log_prob(single.action[:, :1])
+    expected = gradients(module, -(advantage * (logp - single.logp[:, :1]).exp()).sum())
+    for name, grad in expected.items():
+        if name.startswith("policy."):
+            torch.testing.assert_close(grads[name], grad)
 
 
 def test_value_clipping_is_off_by_default_and_clips_when_asked():
