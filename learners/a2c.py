@@ -61,6 +61,9 @@ def loss(
         Discount and GAE trace decay (for V-trace the ``lambda`` multiplying ``c_t``), in [0, 1].
     value_coef, entropy_coef : float
         Weights ``c_v`` of the value regression and ``c_H`` of the entropy bonus (>= 0).
+        The value term is halved, ``0.5 * mean((V - target)^2)``, so ``value_coef`` is twice SB3's
+        ``vf_coef`` (which weights the unhalved ``F.mse_loss``): SB3's ``vf_coef=0.5`` is
+        ``value_coef=1.0``. CleanRL halves its value loss too: its ``vf_coef`` is our ``value_coef``.
     correction : {None, "truncated_is", "vtrace"}
         Importance correction for data collected by a lagged actor.
     rho_bar, c_bar : float
@@ -71,7 +74,8 @@ def loss(
     loss : Tensor, ()
         The scalar to minimise.
     info : dict of float
-        ``loss``, ``policy_loss``, ``value_loss``, ``entropy``, ``advantage_mean``, ``target_mean``,
+        ``loss``, ``policy_loss``, ``value_loss`` (halved, before ``value_coef``), ``entropy``,
+        ``advantage_mean``, ``target_mean``,
         ``explained_variance`` (of the targets by the values), and with a correction ``rho_mean``
         (the mean untruncated importance weight ``pi / mu``).
 

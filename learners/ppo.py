@@ -195,9 +195,14 @@ def loss(
     clip : float
         The ratio's clip range ``epsilon`` (> 0).
     value_clip : float, optional
-        Clip range of the value change from the prepared value; None (default) disables it.
+        Clip range of the value change from the prepared value; None (default) disables it. The
+        error is the larger of the clipped and unclipped ones (as CleanRL; SB3's ``clip_range_vf``
+        uses the clipped one alone).
     value_coef, entropy_coef : float
         Weights ``c_v`` and ``c_H`` (>= 0).
+        The value term is halved, ``0.5 * mean((V - target)^2)``, so ``value_coef`` is twice SB3's
+        ``vf_coef`` (which weights the unhalved ``F.mse_loss``): SB3's ``vf_coef=0.5`` is
+        ``value_coef=1.0``. CleanRL halves its value loss too: its ``vf_coef`` is our ``value_coef``.
     normalize_advantages : bool
         Standardise the advantages over the minibatch's valid samples (population std, + 1e-8).
         Skipped when the minibatch has at most one valid sample, whose standardised advantage
@@ -211,9 +216,10 @@ def loss(
     loss : Tensor, ()
         The scalar to minimise.
     info : dict of float
-        ``loss``, ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl`` (the estimator
-        ``E[(r - 1) - log r]`` of KL(mu || pi)), ``clipfrac`` (fraction with ``|r - 1| > clip``),
-        ``ratio_mean``, ``explained_variance`` (of the targets by the current values).
+        ``loss``, ``policy_loss``, ``value_loss`` (halved, before ``value_coef``), ``entropy``,
+        ``approx_kl`` (the estimator ``E[(r - 1) - log r]`` of KL(mu || pi)), ``clipfrac`` (fraction
+        with ``|r - 1| > clip``), ``ratio_mean``, ``explained_variance`` (of the targets by the
+        current values).
 
     Raises
     ------

@@ -60,14 +60,18 @@ def loss(
     baseline : bool
         Subtract the detached value ``V(x_t)`` from the return and train it (needs values).
     value_coef, entropy_coef : float
-        Weights ``c_v`` of the value regression and ``c_H`` of the entropy bonus (>= 0).
+        Weights ``c_v`` of the value regression and ``c_H`` of the entropy bonus (>= 0). The value
+        term is halved, ``0.5 * mean((V - G)^2)``, as in :func:`learners.a2c.loss`, so a
+        coefficient carried over from SB3's A2C/PPO ``vf_coef`` doubles: ``vf_coef=0.5`` is
+        ``value_coef=1.0``.
 
     Returns
     -------
     loss : Tensor, ()
         The scalar to minimise.
     info : dict of float
-        ``loss``, ``policy_loss``, ``value_loss`` (0 without baseline), ``entropy``, ``return_mean``
+        ``loss``, ``policy_loss``, ``value_loss`` (halved, before ``value_coef``; 0 without
+        baseline), ``entropy``, ``return_mean``
         (mean ``G_t``), ``n_samples`` (transitions with weight).
 
     Raises

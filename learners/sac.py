@@ -19,7 +19,8 @@ bootstraps from it.
 The module interface (plain ``torch.nn.Module`` objects, not :class:`rollout.Actor`):
 
 - ``policy(obs) -> (mean, log_std)``, each ``(N, A)``: the Gaussian before the squashing; the policy
-  bounds ``log_std`` itself (e.g. to [-5, 2]). Actions are ``scale * tanh(u) + bias``.
+  bounds ``log_std`` itself (e.g. to [-5, 2]). Actions are ``scale * tanh(u) + bias``, and
+  ``log pi`` is their density, scale included (see :func:`alpha_loss` for SB3's convention).
 - ``q(obs, act) -> (N,)`` (or ``(N, 1)``): a critic; ``q1``, ``q2`` and their target copies.
 
 ``obs`` may be nested (whatever the policy and critics accept); ``act`` is ``(N, A)``.
@@ -270,8 +271,8 @@ def critic_loss(
     -------
     loss : Tensor, ()
     info : dict of float
-        ``critic_loss``, ``q1_loss``, ``q2_loss`` (each ``0.5 * MSE``), ``q1_mean``, ``q2_mean``,
-        ``target_mean``.
+        ``critic_loss``, ``q1_loss``, ``q2_loss`` (each ``0.5 * MSE``, as SB3's ``critic_loss``;
+        CleanRL's ``qf_loss`` is unhalved, twice ours), ``q1_mean``, ``q2_mean``, ``target_mean``.
     """
     n = batch.rew.shape[0]
     with torch.no_grad():
@@ -354,6 +355,16 @@ def alpha_loss(
     Its gradient ``-E[log pi + H_target]`` is negative (alpha grows under gradient descent) when the
     policy's entropy ``-E[log pi]`` is below the target, and positive when above.
 
+    Units: ``log pi`` is the density of the action as executed, ``scale * tanh(u) + bias``, so it
+    includes the scale's log-determinant (:func:`tanh_normal_log_prob` subtracts ``sum(log scale)``)
+    and the entropy compared with ``H_target`` is ``sum(log scale)`` larger than that of the
+    unscaled ``tanh(u)`` in (-1, 1). CleanRL counts the same way. SB3 measures the entropy of the
+    unscaled action (its squashed Gaussian lives in [-1, 1] and is rescaled outside), with the same
+    default target ``-|A|``; to reproduce SB3's temperature on a box of half-widths ``s``, pass
+    ``target_entropy = -|A| + sum(log s)``. The two agree when ``s = 1``. (The soft Q target of
+    :func:`critic_loss` still differs from SB3's: its bootstrapped ``-alpha log pi`` is larger by
+    ``alpha * sum(log s)``, as if every next step paid that constant reward.)
+
     Parameters
     ----------
     batch : Transitions
@@ -363,7 +374,8 @@ def alpha_loss(
     log_alpha : Tensor, ()
         The trained log-temperature (``requires_grad=True``).
     target_entropy : float, optional
-        ``H_target``; default ``-A``, minus the action dimension.
+        ``H_target``, an entropy of the scaled action (see above); default ``-A``, minus the action
+        dimension.
     scale, bias, generator
         As in :func:`critic_loss`.
 
