@@ -204,7 +204,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(config, actor, args.episodes, seed=args.seed)
     r = result.returns
     print(f"{path}: {config['algo']} on {config['env']}, step {checkpoint['counters']['env_steps']:,}; "
-          f"{args.episodes} deterministic episodes: return mean {r.mean():.2f} std {r.std(0):.2f} "
+          f"{args.episodes} deterministic episodes: return mean {r.mean():.2f} std {r.std(correction=0):.2f} "
           f"min {r.min():.2f} max {r.max():.2f}; length mean {result.lengths.float().mean():.1f}")
     if args.video is not None:
         from zoo.video import record

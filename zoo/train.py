@@ -182,7 +182,7 @@ def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, An
                     if evaluate_now:
                         result = evaluate(config, actor)
                         counters.last_eval = float(result.returns.mean())
-                        row.update(eval_return=counters.last_eval, eval_return_std=float(result.returns.std(0)))
+                        row.update(eval_return=counters.last_eval, eval_return_std=float(result.returns.std(correction=0)))
                         while counters.next_eval <= counters.env_steps:
                             counters.next_eval += eval_every
                         say(f"step {counters.env_steps:>9,}  eval {counters.last_eval:8.1f} "

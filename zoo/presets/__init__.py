@@ -179,7 +179,7 @@ def _load(path: pathlib.Path) -> Preset:
 
 def presets() -> List[Preset]:
     """Every preset file, sorted by algorithm and env."""
-    return sorted((_load(path) for path in _FOLDER.glob("*.toml")), key=lambda p: (ALGOS.index(p.algo), p.env))
+    return sorted((_load(path) for path in _FOLDER.glob("*.toml")), key=lambda p: (ALGOS.index(p.algo), p.env == "*", p.env))
 
 
 def find(algo: str, env: str) -> Preset:
