@@ -55,7 +55,7 @@ EPOCHS = 4  # Adam updates per batch in learner_idle, as PPO's epochs over one b
 
 
 def learn_step(batch, actor: torch.nn.Module, optim: torch.optim.Optimizer, epochs: int = 1) -> None:
-    """``epochs`` A2C updates on ``batch`` as ``zoo.demo`` does (loss, backward, clip, Adam)."""
+    """``epochs`` A2C updates on ``batch`` as an A2C training loop does (loss, backward, clip, Adam)."""
     for _ in range(epochs):
         loss, _ = a2c.loss(batch, actor, gamma=0.99, lam=0.95, entropy_coef=0.01, correction="truncated_is")
         optim.zero_grad()
