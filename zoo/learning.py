@@ -25,7 +25,7 @@ from learners.replay import ReplayBuffer
 from rollout import Actor, Fragment
 from zoo.actors import AtariConv, CategoricalGRU, CategoricalMLP, QNetwork, SquashedGaussian
 
-__all__ = ["build_actor", "build", "OnPolicy", "SoftActorCritic", "check_spaces"]
+__all__ = ["build_actor", "build", "schedule", "OnPolicy", "SoftActorCritic", "check_spaces"]
 
 
 def check_spaces(algo: str, observation_space: gymnasium.Space, action_space: gymnasium.Space) -> None:
@@ -62,7 +62,7 @@ def _adam(parameters, config: Dict[str, Any]) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=config["lr"], eps=config["adam_eps"])
 
 
-def _schedule(config: Dict[str, Any], key: str, progress: float) -> float:
+def schedule(config: Dict[str, Any], key: str, progress: float) -> float:
     """``config[key]``, decayed linearly to 0 over the budget when ``<key>_schedule`` is linear."""
     value = config[key]
     return value * max(0.0, 1.0 - progress) if config.get(f"{key}_schedule") == "linear" else value
@@ -111,7 +111,7 @@ class OnPolicy:
 
     def update(self, batch: Fragment, progress: float) -> Dict[str, float]:
         config = self.config
-        _set_lr(self.optimizer, _schedule(config, "lr", progress))
+        _set_lr(self.optimizer, schedule(config, "lr", progress))
         valid = returns.valid_mask(batch)
         if self.reward_scale is not None:
             self.reward_scale.update(batch.state.rew[1:], valid)
@@ -151,7 +151,7 @@ class OnPolicy:
         if c["minibatch_size"] > 0:  # a size in rows; sequence minibatches hold whole columns of n_steps rows
             n_minibatches = (n_steps * n_envs) // c["minibatch_size"]
         n_minibatches = max(1, min(n_minibatches, samples))
-        clip = _schedule(c, "clip", progress) or 1e-8
+        clip = schedule(c, "clip", progress) or 1e-8
         infos = []
         for epoch in range(c["epochs"]):
             for minibatch in ppo.minibatches(prepared, n_minibatches, generator=self.generator, sequences=sequences):
@@ -228,7 +228,7 @@ class SoftActorCritic:
     def update(self, batch: Fragment, progress: float) -> Dict[str, float]:
         c = self.config
         for optimizer in (self.policy_optimizer, self.q_optimizer, self.alpha_optimizer):
-            _set_lr(optimizer, _schedule(c, "lr", progress))
+            _set_lr(optimizer, schedule(c, "lr", progress))
         added = self.buffer.add(batch)
         self.env_steps += added
         if getattr(self.actor, "obs_norm", None) is not None:

@@ -29,7 +29,7 @@ from rollout import multi, same, single
 from zoo import learning
 from zoo.run import Run, rng_state, set_rng_state
 
-__all__ = ["make_env", "make_collector", "train", "Counters", "EVAL_SEED"]
+__all__ = ["make_env", "make_collector", "count_steps", "evaluate", "train", "Counters", "EVAL_SEED"]
 
 EVAL_SEED = 1_000_003  # evaluation envs are seeded with EVAL_SEED + the run's seed: the same episodes every time
 
@@ -46,6 +46,11 @@ def make_env(env_id: str, seed: Optional[int] = None, render_mode: Optional[str]
     if seed is not None:
         env.reset(seed=seed)
     return env
+
+
+def count_steps(batch: rollout.Fragment) -> int:
+    """The env steps a batch holds: its real transitions (the frozen rows of sticky envs are not steps)."""
+    return int(returns.valid_mask(batch).sum())
 
 
 @dataclasses.dataclass
@@ -164,7 +169,7 @@ def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, An
             for index, batch in enumerate(feed):
                 if counters.env_steps >= total:
                     break
-                steps = int(returns.valid_mask(batch).sum())
+                steps = count_steps(batch)
                 info = learner.update(batch, progress=counters.env_steps / total)
                 counters.env_steps += steps
                 counters.updates += 1
@@ -176,8 +181,7 @@ def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, An
                 if counters.env_steps >= counters.next_log or evaluate_now:
                     row = {"env_steps": counters.env_steps, "updates": counters.updates,
                            "wall_time": counters.wall_time, "steps_per_s": speed,
-                           "lr": learner.config["lr"] * (max(0.0, 1 - counters.env_steps / total)
-                                                         if config["lr_schedule"] == "linear" else 1.0)}
+                           "lr": learning.schedule(config, "lr", counters.env_steps / total)}
                     row.update(window.row())
                     if evaluate_now:
                         result = evaluate(config, actor)
