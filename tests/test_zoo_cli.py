@@ -29,16 +29,75 @@ def train(run, *args):
 
 
 SMOKE = {
-    "ppo": ["ppo", "--env", "CartPole-v1", "--steps", "1024", "--n-envs", "4", "--set", "n_steps=32",
-            "--set", "epochs=2"],
-    "ppo-recurrent": ["ppo", "--env", "zoo/CartPoleNoVel-v0", "--steps", "1024", "--n-envs", "4", "--set",
-                      "n_steps=32", "--set", "epochs=2"],
-    "a2c": ["a2c", "--env", "CartPole-v1", "--steps", "1024", "--collector", "multi", "--n-actors", "2",
-            "--n-envs", "4", "--set", "start_method=fork"],
-    "reinforce": ["reinforce", "--env", "CartPole-v1", "--steps", "1024", "--collector", "single", "--n-envs", "4",
-                  "--set", "n_steps=64", "--set", "start_method=fork"],
-    "sac": ["sac", "--env", "Pendulum-v1", "--steps", "400", "--set", "learning_starts=200",
-            "--set", "batch_size=32", "--set", "hidden=32,32"],
+    "ppo": [
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "1024",
+        "--n-envs",
+        "4",
+        "--set",
+        "n_steps=32",
+        "--set",
+        "epochs=2",
+    ],
+    "ppo-recurrent": [
+        "ppo",
+        "--env",
+        "zoo/CartPoleNoVel-v0",
+        "--steps",
+        "1024",
+        "--n-envs",
+        "4",
+        "--set",
+        "n_steps=32",
+        "--set",
+        "epochs=2",
+    ],
+    "a2c": [
+        "a2c",
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "1024",
+        "--collector",
+        "multi",
+        "--n-actors",
+        "2",
+        "--n-envs",
+        "4",
+        "--set",
+        "start_method=fork",
+    ],
+    "reinforce": [
+        "reinforce",
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "1024",
+        "--collector",
+        "single",
+        "--n-envs",
+        "4",
+        "--set",
+        "n_steps=64",
+        "--set",
+        "start_method=fork",
+    ],
+    "sac": [
+        "sac",
+        "--env",
+        "Pendulum-v1",
+        "--steps",
+        "400",
+        "--set",
+        "learning_starts=200",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "hidden=32,32",
+    ],
 }
 
 
@@ -68,13 +127,23 @@ def test_sac_checkpoint_holds_targets_temperature_and_replay(tmp_path):
     run = tmp_path / "run"
     assert train(run, *SMOKE["sac"], "--eval-every", "400", "--eval-episodes", "1") == 0
     learner = load_checkpoint(run / "last.pt")["learner"]
-    for key in ("actor", "q1", "q2", "q1_target", "q2_target", "log_alpha", "policy_optimizer", "q_optimizer",
-                "alpha_optimizer"):
+    for key in (
+        "actor",
+        "q1",
+        "q2",
+        "q1_target",
+        "q2_target",
+        "log_alpha",
+        "policy_optimizer",
+        "q_optimizer",
+        "alpha_optimizer",
+    ):
         assert key in learner, key
     assert learner["buffer"].rew.shape == (400,)
-    assert not torch.equal(learner["q1"]["net.0.weight"] if "net.0.weight" in learner["q1"] else
-                           next(iter(learner["q1"].values())),
-                           next(iter(learner["q1_target"].values()))), "the target critic must lag the critic"
+    assert not torch.equal(
+        learner["q1"]["net.0.weight"] if "net.0.weight" in learner["q1"] else next(iter(learner["q1"].values())),
+        next(iter(learner["q1_target"].values())),
+    ), "the target critic must lag the critic"
     assert learner["log_alpha"].item() != 0.0  # alpha_init 1.0 -> log 0, moved by the temperature loss
     assert not bool(learner["actor"]["random_actions"]), "warm-up ended, random actions must be off"
 
@@ -82,8 +151,23 @@ def test_sac_checkpoint_holds_targets_temperature_and_replay(tmp_path):
 @pytest.mark.timeout(180)
 def test_resume_continues_csv_optimizer_and_counters(tmp_path, capsys):
     run = tmp_path / "run"
-    base = ["ppo", "--env", "CartPole-v1", "--n-envs", "4", "--set", "n_steps=32", "--set", "epochs=2",
-            "--eval-every", "1024", "--eval-episodes", "3", "--set", "log_every=256"]
+    base = [
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "--n-envs",
+        "4",
+        "--set",
+        "n_steps=32",
+        "--set",
+        "epochs=2",
+        "--eval-every",
+        "1024",
+        "--eval-episodes",
+        "3",
+        "--set",
+        "log_every=256",
+    ]
     assert train(run, *base, "--steps", "1024") == 0
     first = load_checkpoint(run / "last.pt")
     saved_rows = rows(run)
@@ -97,7 +181,7 @@ def test_resume_continues_csv_optimizer_and_counters(tmp_path, capsys):
     second = load_checkpoint(run / "last.pt")
     table = rows(run)
     assert table[: len(saved_rows)] == saved_rows, "the CSV must be appended, not rewritten"
-    resumed = [int(r["env_steps"]) for r in table[len(saved_rows):]]
+    resumed = [int(r["env_steps"]) for r in table[len(saved_rows) :]]
     assert resumed and resumed[0] > 1024 and resumed[-1] >= 2048 and resumed == sorted(resumed)
     c1, c2 = first["counters"], second["counters"]
     assert c2["updates"] == c1["updates"] + (2048 - 1024) // 128
@@ -115,12 +199,21 @@ BAD = [
     (["train", "ppo", "--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
     (["train", "sac", "--env", "CartPole-v1"], "sac needs a continuous (1-D Box) action space"),
     (["train", "ppo", "--env", "Pendulum-v1"], "ppo in the zoo needs a Discrete action space"),
-    (["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=1"], "unknown key 'learning_rate' for ppo; valid keys: "),
+    (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=1"],
+        "unknown key 'learning_rate' for ppo; valid keys: ",
+    ),
     (["train", "ppo", "--env", "CartPole-v1", "--set", "lr=fast"], "lr expects a number, found 'fast'"),
     (["train", "ppo", "--env", "CartPole-v1", "--set", "lr"], "--set expects key=value, found 'lr'"),
     (["train", "ppo", "--env", "CartPole-v1", "--set", "buffer_size=10"], "unknown key 'buffer_size' for ppo"),
-    (["train", "ppo", "--env", "CartPole-v1", "--collector", "multi", "--n-envs", "5"], "must be a multiple of n_actors"),
-    (["train", "ppo", "--env", "CartPole-v1", "--set", "collector=many"], "collector must be one of same, single, multi"),
+    (
+        ["train", "ppo", "--env", "CartPole-v1", "--collector", "multi", "--n-envs", "5"],
+        "must be a multiple of n_actors",
+    ),
+    (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "collector=many"],
+        "collector must be one of same, single, multi",
+    ),
     (["train", "ppo"], "train needs ALGO and --env ENV_ID (or --resume RUN_DIR)"),
     (["train", "--resume", "no/such/run"], "--resume no/such/run: no last.pt there"),
     (["eval", "no/such/run"], "no/such/run: no such run folder or checkpoint"),
@@ -162,8 +255,15 @@ def test_cuda_without_cuda_is_a_one_line_error(capsys):
 def test_every_preset_loads_and_list_shows_them(capsys):
     found = presets.presets()
     pairs = {(p.algo, p.env) for p in found}
-    for pair in [("ppo", "CartPole-v1"), ("a2c", "CartPole-v1"), ("reinforce", "CartPole-v1"), ("ppo", "Acrobot-v1"),
-                 ("sac", "Pendulum-v1"), ("sac", "zoo/ContinuousCartPole-v0"), ("ppo", "zoo/CartPoleNoVel-v0")]:
+    for pair in [
+        ("ppo", "CartPole-v1"),
+        ("a2c", "CartPole-v1"),
+        ("reinforce", "CartPole-v1"),
+        ("ppo", "Acrobot-v1"),
+        ("sac", "Pendulum-v1"),
+        ("sac", "zoo/ContinuousCartPole-v0"),
+        ("ppo", "zoo/CartPoleNoVel-v0"),
+    ]:
         assert pair in pairs, pair
     for algo in presets.ALGOS:
         assert (algo, "*") in pairs, f"{algo} has no default preset"
@@ -174,7 +274,11 @@ def test_every_preset_loads_and_list_shows_them(capsys):
 
 def test_set_overrides_and_types():
     assert presets.parse_assignments(["lr=1e-3", "hidden=32,32", "shared=true", "target_kl=none"], "ppo") == {
-        "lr": 1e-3, "hidden": (32, 32), "shared": True, "target_kl": None}
+        "lr": 1e-3,
+        "hidden": (32, 32),
+        "shared": True,
+        "target_kl": None,
+    }
     _, config = presets.resolve("ppo", "CartPole-v1", {"epochs": 3})
     assert config["epochs"] == 3 and config["n_envs"] == 8 and "buffer_size" not in config
     _, fallback = presets.resolve("ppo", "MountainCar-v0", {})
@@ -205,11 +309,33 @@ def test_video_without_imageio_names_the_extra(tmp_path, capsys, monkeypatch):
 @pytest.mark.timeout(120)
 def test_ctrl_c_saves_last_and_leaves_nothing_behind(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "zoo", "train", "a2c", "--env", "CartPole-v1", "--steps", "10000000",
-               "--collector", "multi", "--n-actors", "2", "--n-envs", "4", "--set", "start_method=fork",
-               "--eval-every", "1000000", "--run-dir", str(run), "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "zoo",
+        "train",
+        "a2c",
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "10000000",
+        "--collector",
+        "multi",
+        "--n-actors",
+        "2",
+        "--n-envs",
+        "4",
+        "--set",
+        "start_method=fork",
+        "--eval-every",
+        "1000000",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(psutil.Process(process.pid).children()) < 2:

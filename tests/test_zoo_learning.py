@@ -52,7 +52,9 @@ def test_ppo_minibatch_size_sets_the_number_of_gradient_steps(size, expected):
 
 def test_ppo_target_kl_stops_the_epochs_early():
     free = learner_of(config_of("ppo", "CartPole-v1", epochs=10, n_minibatches=4, minibatch_size=0, lr=1e-2))
-    stopped = learner_of(config_of("ppo", "CartPole-v1", epochs=10, n_minibatches=4, minibatch_size=0, lr=1e-2, target_kl=1e-4))
+    stopped = learner_of(
+        config_of("ppo", "CartPole-v1", epochs=10, n_minibatches=4, minibatch_size=0, lr=1e-2, target_kl=1e-4)
+    )
     batch = cartpole_batch(free.actor)
     free.update(batch, progress=0.0)
     info = stopped.update(batch, progress=0.0)

@@ -43,32 +43,68 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m zoo", description="Train and evaluate RL agents with rollout and learners.")
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo", description="Train and evaluate RL agents with rollout and learners."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,list}")
 
-    train = commands.add_parser("train", help="train an agent", description=(
-        "Train ALGO on ENV_ID with the preset for that pair (python -m zoo list shows them). "
-        "Every budget and frequency counts total env steps."))
+    train = commands.add_parser(
+        "train",
+        help="train an agent",
+        description=(
+            "Train ALGO on ENV_ID with the preset for that pair (python -m zoo list shows them). "
+            "Every budget and frequency counts total env steps."
+        ),
+    )
     train.add_argument("algo", nargs="?", metavar="ALGO", help=f"one of {', '.join(presets.ALGOS)}")
-    train.add_argument("--env", metavar="ENV_ID", help="a gymnasium env id, e.g. CartPole-v1, zoo/CartPoleNoVel-v0, ALE/Pong-v5")
-    train.add_argument("--seed", type=int, default=0, help="seeds the weights, the envs and the evaluation envs (default 0)")
+    train.add_argument(
+        "--env", metavar="ENV_ID", help="a gymnasium env id, e.g. CartPole-v1, zoo/CartPoleNoVel-v0, ALE/Pong-v5"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seeds the weights, the envs and the evaluation envs (default 0)"
+    )
     for name, (kind, text) in FLAGS.items():
-        train.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, metavar="N" if kind is int else None,
-                           help=text + " (default: the preset's)")
+        train.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            dest=name,
+            metavar="N" if kind is int else None,
+            help=text + " (default: the preset's)",
+        )
     train.add_argument("--run-dir", type=pathlib.Path, help="the run folder (default runs/ALGO-ENV-SEED-TIMESTAMP)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a preset key, e.g. --set lr=1e-3 (repeatable; python -m zoo list shows the keys)")
-    train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key, e.g. --set lr=1e-3 (repeatable; python -m zoo list shows the keys)",
+    )
+    train.add_argument(
+        "--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar: one line per evaluation")
 
-    evaluate = commands.add_parser("eval", help="evaluate a saved agent", description=(
-        "Run the deterministic policy of a checkpoint for N episodes and print the return's mean, std, min and max."))
-    evaluate.add_argument("path", type=pathlib.Path, metavar="RUN_DIR_OR_CHECKPOINT",
-                          help="a run folder (uses best.pt, else last.pt) or a .pt checkpoint")
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a saved agent",
+        description=(
+            "Run the deterministic policy of a checkpoint for N episodes and print the return's mean, std, min and max."
+        ),
+    )
+    evaluate.add_argument(
+        "path",
+        type=pathlib.Path,
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="a run folder (uses best.pt, else last.pt) or a .pt checkpoint",
+    )
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     evaluate.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs (default: the run's)")
-    evaluate.add_argument("--video", type=pathlib.Path, metavar="OUT.mp4",
-                          help="also record the first episode to an mp4 (needs the video extra: imageio[ffmpeg])")
+    evaluate.add_argument(
+        "--video",
+        type=pathlib.Path,
+        metavar="OUT.mp4",
+        help="also record the first episode to an mp4 (needs the video extra: imageio[ffmpeg])",
+    )
 
     commands.add_parser("list", help="the presets, their hyperparameters and recorded results")
     return parser
@@ -104,8 +140,9 @@ def _check_config(config: Dict[str, Any]) -> None:
         if config[key] < 1:
             raise UsageError(f"{key} must be at least 1, found {config[key]}")
     if config["collector"] == "multi" and (config["n_actors"] < 1 or config["n_envs"] % config["n_actors"]):
-        raise UsageError(f"with --collector multi, n_envs ({config['n_envs']}) must be a multiple of "
-                         f"n_actors ({config['n_actors']})")
+        raise UsageError(
+            f"with --collector multi, n_envs ({config['n_envs']}) must be a multiple of n_actors ({config['n_actors']})"
+        )
     if config.get("recurrent") and not config.get("sticky"):
         print("note: a recurrent actor without sticky envs learns from columns that mix episodes", file=sys.stderr)
     _check_device(config["device"])
@@ -113,7 +150,7 @@ def _check_config(config: Dict[str, Any]) -> None:
 
 def _train(args: argparse.Namespace, argv: List[str]) -> int:
     from zoo import learning
-    from zoo.run import Run, default_dir, load_checkpoint
+    from zoo.run import default_dir, load_checkpoint
 
     flags = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     checkpoint = None
@@ -125,8 +162,10 @@ def _train(args: argparse.Namespace, argv: List[str]) -> int:
         config = dict(checkpoint["config"])
         for name, value in (("algo", args.algo), ("env", args.env)):
             if value is not None and value != config[name]:
-                raise UsageError(f"--resume {args.resume}: that run is {config['algo']} on {config['env']}, "
-                                 f"not {args.algo or config['algo']} on {args.env or config['env']}")
+                raise UsageError(
+                    f"--resume {args.resume}: that run is {config['algo']} on {config['env']}, "
+                    f"not {args.algo or config['algo']} on {args.env or config['env']}"
+                )
         overrides = {**presets.parse_assignments(args.set, config["algo"]), **flags}
         config.update(overrides)
         run_dir = args.resume
@@ -145,8 +184,14 @@ def _train(args: argparse.Namespace, argv: List[str]) -> int:
         learning.check_spaces(config["algo"], observation_space, action_space)
     except ValueError as error:
         raise UsageError(f"{config['env']}: {error}") from None
-    return _run_training(config, run_dir, argv, checkpoint, args.resume is not None,
-                         progress=not args.no_progress and sys.stdout.isatty())
+    return _run_training(
+        config,
+        run_dir,
+        argv,
+        checkpoint,
+        args.resume is not None,
+        progress=not args.no_progress and sys.stdout.isatty(),
+    )
 
 
 def _run_training(config, run_dir, argv, checkpoint, resume, *, progress: bool) -> int:
@@ -155,18 +200,25 @@ def _run_training(config, run_dir, argv, checkpoint, resume, *, progress: bool) 
 
     run = Run(run_dir, config, argv, resume=resume)
     start = checkpoint["counters"]["env_steps"] if checkpoint else 0
-    print(f"{'resuming' if resume else 'training'} {config['algo']} on {config['env']} (preset {config['preset']}, "
-          f"seed {config['seed']}, {config['collector']} collector) from step {start:,} to {config['steps']:,}; "
-          f"run folder {run_dir}", flush=True)
+    print(
+        f"{'resuming' if resume else 'training'} {config['algo']} on {config['env']} (preset {config['preset']}, "
+        f"seed {config['seed']}, {config['collector']} collector) from step {start:,} to {config['steps']:,}; "
+        f"run folder {run_dir}",
+        flush=True,
+    )
     try:
         counters = train(config, run, checkpoint=checkpoint, progress=progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: saved {run_dir / 'last.pt'}; resume with: python -m zoo train --resume {run_dir}",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: saved {run_dir / 'last.pt'}; resume with: python -m zoo train --resume {run_dir}",
+            file=sys.stderr,
+        )
         return 130
     plotted = run.plot()
-    print(f"done: {counters.env_steps:,} env steps in {counters.wall_time:.1f} s; final evaluation "
-          f"{counters.last_eval:.1f} (best {counters.best_eval:.1f})")
+    print(
+        f"done: {counters.env_steps:,} env steps in {counters.wall_time:.1f} s; final evaluation "
+        f"{counters.last_eval:.1f} (best {counters.best_eval:.1f})"
+    )
     print(f"checkpoints: {run_dir / 'last.pt'} and {run_dir / 'best.pt'}")
     if plotted:
         print(f"curve: {run_dir / 'curve.png'}")
@@ -203,14 +255,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     result = evaluate(config, actor, args.episodes, seed=args.seed)
     r = result.returns
-    print(f"{path}: {config['algo']} on {config['env']}, step {checkpoint['counters']['env_steps']:,}; "
-          f"{args.episodes} deterministic episodes: return mean {r.mean():.2f} std {r.std(correction=0):.2f} "
-          f"min {r.min():.2f} max {r.max():.2f}; length mean {result.lengths.float().mean():.1f}")
+    print(
+        f"{path}: {config['algo']} on {config['env']}, step {checkpoint['counters']['env_steps']:,}; "
+        f"{args.episodes} deterministic episodes: return mean {r.mean():.2f} std {r.std(correction=0):.2f} "
+        f"min {r.min():.2f} max {r.max():.2f}; length mean {result.lengths.float().mean():.1f}"
+    )
     if args.video is not None:
         from zoo.video import record
 
-        frames = record(functools_partial_env(config["env"]), actor, args.video,
-                        seed=(args.seed if args.seed is not None else config["seed"]))
+        frames = record(
+            functools_partial_env(config["env"]),
+            actor,
+            args.video,
+            seed=(args.seed if args.seed is not None else config["seed"]),
+        )
         print(f"video: {args.video} ({frames} frames)")
     return 0
 

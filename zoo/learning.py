@@ -34,13 +34,16 @@ def check_spaces(algo: str, observation_space: gymnasium.Space, action_space: gy
         raise ValueError(f"the zoo's actors need a Box observation space, found {observation_space}")
     if algo == "sac":
         if not isinstance(action_space, gymnasium.spaces.Box) or len(action_space.shape) != 1:
-            raise ValueError(f"sac needs a continuous (1-D Box) action space, found {action_space}; "
-                             "for discrete actions use ppo, a2c or reinforce")
+            raise ValueError(
+                f"sac needs a continuous (1-D Box) action space, found {action_space}; "
+                "for discrete actions use ppo, a2c or reinforce"
+            )
         if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
             raise ValueError(f"sac needs finite action bounds, found {action_space}")
     elif not isinstance(action_space, gymnasium.spaces.Discrete):
-        raise ValueError(f"{algo} in the zoo needs a Discrete action space, found {action_space}; "
-                         "for continuous actions use sac")
+        raise ValueError(
+            f"{algo} in the zoo needs a Discrete action space, found {action_space}; for continuous actions use sac"
+        )
 
 
 def build_actor(config: Dict[str, Any], observation_space: gymnasium.Space, action_space: gymnasium.Space) -> Actor:
@@ -53,8 +56,9 @@ def build_actor(config: Dict[str, Any], observation_space: gymnasium.Space, acti
         return AtariConv(int(action_space.n), n_frames=observation_space.shape[0])
     n_obs = int(np.prod(observation_space.shape))
     if config.get("recurrent"):
-        return CategoricalGRU(n_obs, int(action_space.n), hidden[0], separate_critic=config["separate_critic"],
-                              normalize_obs=norm)
+        return CategoricalGRU(
+            n_obs, int(action_space.n), hidden[0], separate_critic=config["separate_critic"], normalize_obs=norm
+        )
     return CategoricalMLP(n_obs, int(action_space.n), hidden, shared=config["shared"], normalize_obs=norm)
 
 
@@ -96,8 +100,11 @@ class OnPolicy:
         return {"actor": self.actor}
 
     def state_dict(self, with_buffer: bool = True) -> Dict[str, Any]:
-        state = {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "generator": self.generator.get_state()}
+        state = {
+            "actor": self.actor.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
         if self.reward_scale is not None:
             state["reward_scale"] = self.reward_scale.state_dict()
         return state
@@ -128,10 +135,24 @@ class OnPolicy:
         c = self.config
         if c["algo"] == "a2c":
             correction = None if c["correction"] == "none" else c["correction"]
-            return a2c.loss(batch, self.actor, gamma=c["gamma"], lam=c["lam"], value_coef=c["value_coef"],
-                            entropy_coef=c["entropy_coef"], correction=correction)
-        return reinforce.loss(batch, self.actor, gamma=c["gamma"], bootstrap=c["bootstrap"], baseline=c["baseline"],
-                              value_coef=c["value_coef"], entropy_coef=c["entropy_coef"])
+            return a2c.loss(
+                batch,
+                self.actor,
+                gamma=c["gamma"],
+                lam=c["lam"],
+                value_coef=c["value_coef"],
+                entropy_coef=c["entropy_coef"],
+                correction=correction,
+            )
+        return reinforce.loss(
+            batch,
+            self.actor,
+            gamma=c["gamma"],
+            bootstrap=c["bootstrap"],
+            baseline=c["baseline"],
+            value_coef=c["value_coef"],
+            entropy_coef=c["entropy_coef"],
+        )
 
     def _step(self, loss: torch.Tensor, info: Dict[str, float]) -> Dict[str, float]:
         self.optimizer.zero_grad()
@@ -155,9 +176,15 @@ class OnPolicy:
         infos = []
         for epoch in range(c["epochs"]):
             for minibatch in ppo.minibatches(prepared, n_minibatches, generator=self.generator, sequences=sequences):
-                loss, info = ppo.loss(minibatch, self.actor, clip=clip, value_clip=c["value_clip"],
-                                      value_coef=c["value_coef"], entropy_coef=c["entropy_coef"],
-                                      normalize_advantages=c["normalize_advantages"])
+                loss, info = ppo.loss(
+                    minibatch,
+                    self.actor,
+                    clip=clip,
+                    value_clip=c["value_clip"],
+                    value_coef=c["value_coef"],
+                    entropy_coef=c["entropy_coef"],
+                    normalize_advantages=c["normalize_advantages"],
+                )
                 if c["target_kl"] is not None and info["approx_kl"] > 1.5 * c["target_kl"]:
                     return infos + [dict(info, epochs=epoch)]  # early stop: this minibatch is not applied
                 infos.append(self._step(loss, dict(info, epochs=epoch + 1)))
@@ -200,14 +227,25 @@ class SoftActorCritic:
         self.pending = 0.0  # fractional gradient steps owed (updates_per_step < 1)
 
     def modules(self) -> Dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
-                "q2_target": self.q2_target}
+        return {
+            "actor": self.actor,
+            "q1": self.q1,
+            "q2": self.q2,
+            "q1_target": self.q1_target,
+            "q2_target": self.q2_target,
+        }
 
     def state_dict(self, with_buffer: bool = True) -> Dict[str, Any]:
         state = {name: module.state_dict() for name, module in self.modules().items()}
-        state.update(log_alpha=self.log_alpha.detach().clone(), policy_optimizer=self.policy_optimizer.state_dict(),
-                     q_optimizer=self.q_optimizer.state_dict(), alpha_optimizer=self.alpha_optimizer.state_dict(),
-                     generator=self.generator.get_state(), env_steps=self.env_steps, pending=self.pending)
+        state.update(
+            log_alpha=self.log_alpha.detach().clone(),
+            policy_optimizer=self.policy_optimizer.state_dict(),
+            q_optimizer=self.q_optimizer.state_dict(),
+            alpha_optimizer=self.alpha_optimizer.state_dict(),
+            generator=self.generator.get_state(),
+            env_steps=self.env_steps,
+            pending=self.pending,
+        )
         if with_buffer and len(self.buffer):
             state["buffer"] = self.buffer.contents()
         return state
@@ -247,19 +285,37 @@ class SoftActorCritic:
         c, g = self.config, self.generator
         scale, bias = self.actor.scale, self.actor.bias
         batch = self.buffer.sample(c["batch_size"], generator=g)
-        critic, critic_info = sac.critic_loss(batch, self.actor.policy, self.q1, self.q2, self.q1_target,
-                                              self.q2_target, log_alpha=self.log_alpha, gamma=c["gamma"],
-                                              scale=scale, bias=bias, generator=g)
+        critic, critic_info = sac.critic_loss(
+            batch,
+            self.actor.policy,
+            self.q1,
+            self.q2,
+            self.q1_target,
+            self.q2_target,
+            log_alpha=self.log_alpha,
+            gamma=c["gamma"],
+            scale=scale,
+            bias=bias,
+            generator=g,
+        )
         self.q_optimizer.zero_grad()
         critic.backward()
         self.q_optimizer.step()
-        actor, actor_info = sac.actor_loss(batch, self.actor.policy, self.q1, self.q2, log_alpha=self.log_alpha,
-                                           scale=scale, bias=bias, generator=g)
+        actor, actor_info = sac.actor_loss(
+            batch, self.actor.policy, self.q1, self.q2, log_alpha=self.log_alpha, scale=scale, bias=bias, generator=g
+        )
         self.policy_optimizer.zero_grad()
         actor.backward()
         self.policy_optimizer.step()
-        alpha, alpha_info = sac.alpha_loss(batch, self.actor.policy, self.log_alpha, target_entropy=self.target_entropy,
-                                           scale=scale, bias=bias, generator=g)
+        alpha, alpha_info = sac.alpha_loss(
+            batch,
+            self.actor.policy,
+            self.log_alpha,
+            target_entropy=self.target_entropy,
+            scale=scale,
+            bias=bias,
+            generator=g,
+        )
         self.alpha_optimizer.zero_grad()
         alpha.backward()
         self.alpha_optimizer.step()

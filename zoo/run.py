@@ -31,8 +31,22 @@ import torch
 
 __all__ = ["Run", "default_dir", "load_checkpoint", "rng_state", "set_rng_state", "versions", "plot_curve"]
 
-FIELDS = ["env_steps", "updates", "wall_time", "steps_per_s", "episodes", "return_mean", "return_min",
-          "return_max", "length_mean", "eval_return", "eval_return_std", "lag_mean", "lag_max", "lr"]
+FIELDS = [
+    "env_steps",
+    "updates",
+    "wall_time",
+    "steps_per_s",
+    "episodes",
+    "return_mean",
+    "return_min",
+    "return_max",
+    "length_mean",
+    "eval_return",
+    "eval_return_std",
+    "lag_mean",
+    "lag_max",
+    "lr",
+]
 
 
 def default_dir(algo: str, env: str, seed: int, root: str = "runs") -> pathlib.Path:
@@ -46,8 +60,13 @@ def versions() -> Dict[str, str]:
     import gymnasium
     import optree
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "gymnasium": gymnasium.__version__, "optree": optree.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "gymnasium": gymnasium.__version__,
+        "optree": optree.__version__,
+    }
     try:
         from importlib.metadata import version
 
@@ -127,13 +146,19 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.csv_path = self.path / "progress.csv"
-        record = {"config": config, "versions": versions(), "git_commit": _git_commit(),
-                  "command": [sys.executable, "-m", "zoo", *argv], "resumed": []}
+        record = {
+            "config": config,
+            "versions": versions(),
+            "git_commit": _git_commit(),
+            "command": [sys.executable, "-m", "zoo", *argv],
+            "resumed": [],
+        }
         config_path = self.path / "config.json"
         if resume and config_path.exists():
             previous = json.loads(config_path.read_text())
-            record["resumed"] = previous.get("resumed", []) + [{"command": record["command"],
-                                                               "time": datetime.datetime.now().isoformat()}]
+            record["resumed"] = previous.get("resumed", []) + [
+                {"command": record["command"], "time": datetime.datetime.now().isoformat()}
+            ]
             record["command"] = previous.get("command", record["command"])
         config_path.write_text(json.dumps(record, indent=2, default=list) + "\n")
         self.rows = self._read_rows() if resume else []

@@ -14,7 +14,6 @@ a batch is the number of updates between the weights it was collected with and t
 import dataclasses
 import functools
 import math
-import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -76,11 +75,13 @@ def make_collector(config: Dict[str, Any], actor: rollout.Actor, seed: np.random
     if config["collector"] == "same":
         return same.rollout(factory, actor, T, n_envs=B, sticky=sticky, seed=seed, device=device)
     if config["collector"] == "single":
-        return single.rollout(factory, actor, T, B, sticky=sticky, seed=seed, device=device,
-                              start_method=config["start_method"])
+        return single.rollout(
+            factory, actor, T, B, sticky=sticky, seed=seed, device=device, start_method=config["start_method"]
+        )
     A = config["n_actors"]
-    return multi.rollout(factory, actor, T, A, B // A, A, sticky=sticky, seed=seed, device=device,
-                         start_method=config["start_method"])
+    return multi.rollout(
+        factory, actor, T, A, B // A, A, sticky=sticky, seed=seed, device=device, start_method=config["start_method"]
+    )
 
 
 class _Window:
@@ -104,10 +105,15 @@ class _Window:
 
     def row(self) -> Dict[str, Any]:
         r, n = self.returns, self.lengths
-        row = {"episodes": len(r), "return_mean": np.mean(r) if r else math.nan,
-               "return_min": min(r) if r else math.nan, "return_max": max(r) if r else math.nan,
-               "length_mean": np.mean(n) if n else math.nan,
-               "lag_mean": np.mean(self.lags) if self.lags else math.nan, "lag_max": max(self.lags, default=math.nan)}
+        row = {
+            "episodes": len(r),
+            "return_mean": np.mean(r) if r else math.nan,
+            "return_min": min(r) if r else math.nan,
+            "return_max": max(r) if r else math.nan,
+            "length_mean": np.mean(n) if n else math.nan,
+            "lag_mean": np.mean(self.lags) if self.lags else math.nan,
+            "lag_max": max(self.lags, default=math.nan),
+        }
         for key in sorted({key for info in self.infos for key in info}):
             values = [info[key] for info in self.infos if key in info]
             row[key] = float(np.mean(values))
@@ -115,7 +121,9 @@ class _Window:
         return row
 
 
-def evaluate(config: Dict[str, Any], actor: rollout.Actor, n_episodes: Optional[int] = None, seed: Optional[int] = None):
+def evaluate(
+    config: Dict[str, Any], actor: rollout.Actor, n_episodes: Optional[int] = None, seed: Optional[int] = None
+):
     """Deterministic evaluation of ``actor`` on fresh envs seeded with ``EVAL_SEED + seed``."""
     n_episodes = n_episodes or config["eval_episodes"]
     seed = EVAL_SEED + (config["seed"] if seed is None else seed)
@@ -123,8 +131,9 @@ def evaluate(config: Dict[str, Any], actor: rollout.Actor, n_episodes: Optional[
     return rollout.evaluate(make, actor, n_episodes, n_envs=min(n_episodes, 5), seed=seed, deterministic=True)
 
 
-def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, Any]] = None,
-          progress: bool = True, echo=print) -> Counters:
+def train(
+    config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, Any]] = None, progress: bool = True, echo=print
+) -> Counters:
     """Train ``config['algo']`` on ``config['env']`` for ``config['steps']`` env steps into ``run``.
 
     ``checkpoint`` (a ``last.pt``) continues a run: models, optimisers, counters and generator
@@ -154,11 +163,24 @@ def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, An
     counters.next_checkpoint = counters.next_checkpoint or checkpoint_every
 
     def save(name: str) -> None:
-        run.save(name, {"config": config, "learner": learner.state_dict(with_buffer=name == "last.pt"),
-                        "counters": dataclasses.asdict(counters), "rng": rng_state()})
+        run.save(
+            name,
+            {
+                "config": config,
+                "learner": learner.state_dict(with_buffer=name == "last.pt"),
+                "counters": dataclasses.asdict(counters),
+                "rng": rng_state(),
+            },
+        )
 
-    bar = tqdm.tqdm(total=total, initial=min(counters.env_steps, total), unit="step", dynamic_ncols=True,
-                    disable=not progress, smoothing=0.05)
+    bar = tqdm.tqdm(
+        total=total,
+        initial=min(counters.env_steps, total),
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress,
+        smoothing=0.05,
+    )
     say = tqdm.tqdm.write if progress else echo
     started, steps_at_start = time.perf_counter(), counters.env_steps
     wall_at_start = counters.wall_time
@@ -179,19 +201,27 @@ def train(config: Dict[str, Any], run: Run, *, checkpoint: Optional[Dict[str, An
                 speed = (counters.env_steps - steps_at_start) / max(1e-9, time.perf_counter() - started)
                 evaluate_now = counters.env_steps >= counters.next_eval or counters.env_steps >= total
                 if counters.env_steps >= counters.next_log or evaluate_now:
-                    row = {"env_steps": counters.env_steps, "updates": counters.updates,
-                           "wall_time": counters.wall_time, "steps_per_s": speed,
-                           "lr": learning.schedule(config, "lr", counters.env_steps / total)}
+                    row = {
+                        "env_steps": counters.env_steps,
+                        "updates": counters.updates,
+                        "wall_time": counters.wall_time,
+                        "steps_per_s": speed,
+                        "lr": learning.schedule(config, "lr", counters.env_steps / total),
+                    }
                     row.update(window.row())
                     if evaluate_now:
                         result = evaluate(config, actor)
                         counters.last_eval = float(result.returns.mean())
-                        row.update(eval_return=counters.last_eval, eval_return_std=float(result.returns.std(correction=0)))
+                        row.update(
+                            eval_return=counters.last_eval, eval_return_std=float(result.returns.std(correction=0))
+                        )
                         while counters.next_eval <= counters.env_steps:
                             counters.next_eval += eval_every
-                        say(f"step {counters.env_steps:>9,}  eval {counters.last_eval:8.1f} "
+                        say(
+                            f"step {counters.env_steps:>9,}  eval {counters.last_eval:8.1f} "
                             f"± {row['eval_return_std']:.1f}  train {row['return_mean']:8.1f}  "
-                            f"{speed:,.0f} steps/s  {counters.wall_time:6.1f} s")
+                            f"{speed:,.0f} steps/s  {counters.wall_time:6.1f} s"
+                        )
                         if counters.last_eval > counters.best_eval:
                             counters.best_eval = counters.last_eval
                             save("best.pt")

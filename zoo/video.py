@@ -22,14 +22,21 @@ def check_available(path: os.PathLike) -> None:
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
         raise VideoUnavailable(
-            f"--video {path} needs imageio with its ffmpeg plugin: pip install \"rollout-engine[video]\" "
+            f'--video {path} needs imageio with its ffmpeg plugin: pip install "rollout-engine[video]" '
             "(or pip install imageio imageio-ffmpeg)"
         ) from None
 
 
 @torch.no_grad()
-def record(make: Callable[[], object], actor: rollout.Actor, path: os.PathLike, *, seed: int = 0, fps: int = 30,
-           max_steps: int = 10_000) -> int:
+def record(
+    make: Callable[[], object],
+    actor: rollout.Actor,
+    path: os.PathLike,
+    *,
+    seed: int = 0,
+    fps: int = 30,
+    max_steps: int = 10_000,
+) -> int:
     """Run one deterministic episode of ``actor`` on ``make()`` (an env with ``render_mode="rgb_array"``) into ``path``.
 
     The actor is stepped exactly as the collectors step it: inputs ``(1, 1, ...)``, ``fin`` True
@@ -48,8 +55,15 @@ def record(make: Callable[[], object], actor: rollout.Actor, path: os.PathLike, 
         for _ in range(max_steps):
             x = torch.as_tensor(np.asarray(obs)).unsqueeze(0).unsqueeze(0)
             a = torch.zeros(1, 1, dtype=torch.int64) if act is None else act
-            action, hx, _ = actor.step(torch.tensor([[stepno]]), x, a, torch.tensor([[rew]], dtype=torch.float32),
-                                       torch.tensor([[fin]]), hx=hx, virtual=False)
+            action, hx, _ = actor.step(
+                torch.tensor([[stepno]]),
+                x,
+                a,
+                torch.tensor([[rew]], dtype=torch.float32),
+                torch.tensor([[fin]]),
+                hx=hx,
+                virtual=False,
+            )
             obs, rew, terminated, truncated, _ = env.step(action[0, 0].numpy())
             frames.append(env.render())
             act, fin, stepno = action, False, stepno + 1

@@ -39,8 +39,12 @@ class Key:
 KEYS: Dict[str, Key] = {
     # budget, collection, evaluation: every algorithm
     "steps": Key("int", 100_000, "total env steps to train for"),
-    "collector": Key("str", "same", "where envs run: same (this process), single (one worker, double-buffered), "
-                     "multi (a pool of workers)", choices=("same", "single", "multi")),
+    "collector": Key(
+        "str",
+        "same",
+        "where envs run: same (this process), single (one worker, double-buffered), multi (a pool of workers)",
+        choices=("same", "single", "multi"),
+    ),
     "n_envs": Key("int", 8, "envs per batch (with multi: split evenly over the workers)"),
     "n_actors": Key("int", 2, "worker processes (multi only)"),
     "n_steps": Key("int", 128, "T: steps per env in each fragment"),
@@ -65,8 +69,9 @@ KEYS: Dict[str, Key] = {
     "gamma": Key("float", 0.99, "discount"),
     # on-policy losses
     "lam": Key("float", 0.95, "GAE lambda (V-trace's lambda with a2c correction=vtrace)", ("ppo", "a2c")),
-    "value_coef": Key("float", 1.0, "value loss weight; our value loss is halved: SB3's vf_coef 0.5 is 1.0 here",
-                      ON_POLICY),
+    "value_coef": Key(
+        "float", 1.0, "value loss weight; our value loss is halved: SB3's vf_coef 0.5 is 1.0 here", ON_POLICY
+    ),
     "entropy_coef": Key("float", 0.0, "entropy bonus weight", ON_POLICY),
     "clip": Key("float", 0.2, "PPO ratio clip range", ("ppo",)),
     "clip_schedule": Key("str", "constant", "clip range against progress", ("ppo",), ("constant", "linear")),
@@ -76,8 +81,9 @@ KEYS: Dict[str, Key] = {
     "minibatch_size": Key("int", 0, "rows per minibatch (0: use n_minibatches)", ("ppo",)),
     "target_kl": Key("float?", None, "stop the epochs when approx_kl exceeds 1.5 x this (none: off)", ("ppo",)),
     "normalize_advantages": Key("bool", True, "standardise advantages per minibatch", ("ppo",)),
-    "correction": Key("str", "truncated_is", "importance correction for lagged workers", ("a2c",),
-                      ("none", "truncated_is", "vtrace")),
+    "correction": Key(
+        "str", "truncated_is", "importance correction for lagged workers", ("a2c",), ("none", "truncated_is", "vtrace")
+    ),
     "bootstrap": Key("bool", True, "bootstrap returns at fragment ends and truncations", ("reinforce",)),
     "baseline": Key("bool", True, "subtract a learned value baseline", ("reinforce",)),
     # SAC
@@ -127,8 +133,14 @@ def parse_value(key: str, text: str) -> Any:
 
 
 def _describe_type(kind: str) -> str:
-    return {"int": "an integer", "float": "a number", "float?": "a number or none", "bool": "true or false",
-            "ints": "comma-separated integers such as 64,64", "str": "a string"}[kind]
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "float?": "a number or none",
+        "bool": "true or false",
+        "ints": "comma-separated integers such as 64,64",
+        "str": "a string",
+    }[kind]
 
 
 def _check_choice(key: str, value: Any) -> Any:
@@ -179,7 +191,9 @@ def _load(path: pathlib.Path) -> Preset:
 
 def presets() -> List[Preset]:
     """Every preset file, sorted by algorithm and env."""
-    return sorted((_load(path) for path in _FOLDER.glob("*.toml")), key=lambda p: (ALGOS.index(p.algo), p.env == "*", p.env))
+    return sorted(
+        (_load(path) for path in _FOLDER.glob("*.toml")), key=lambda p: (ALGOS.index(p.algo), p.env == "*", p.env)
+    )
 
 
 def find(algo: str, env: str) -> Preset:
@@ -214,7 +228,9 @@ def resolve(algo: str, env: str, overrides: Dict[str, Any]) -> Tuple[Preset, Dic
     return preset, config
 
 
-def parse_assignments(assignments: List[str], algo: str, convert: Callable[[str, str], Any] = parse_value) -> Dict[str, Any]:
+def parse_assignments(
+    assignments: List[str], algo: str, convert: Callable[[str, str], Any] = parse_value
+) -> Dict[str, Any]:
     """``["lr=1e-3", "hidden=64,64"]`` -> ``{"lr": 0.001, "hidden": (64, 64)}``, checked against ``algo``'s keys."""
     out = {}
     for item in assignments:
