@@ -100,3 +100,20 @@ def test_sac_learns_only_after_the_warm_up_and_then_acts_with_the_policy():
     assert infos[:3] == [{}, {}, {}], "no gradient step before learning_starts env steps"
     assert "critic_loss" in infos[4] and not bool(learner.actor.random_actions)
     assert next(iter(learner.q_optimizer.state_dict()["state"].values()))["step"] == 16 * 6 - 48
+
+
+def test_reward_scale_is_the_std_of_the_discounted_return():
+    learner = learner_of(config_of("a2c", "CartPole-v1", normalize_reward=True, gamma=0.9))
+    batch = cartpole_batch(learner.actor, n_steps=64, n_envs=2)
+    learner.update(batch, progress=0.0)
+    expected = []
+    for j in range(2):  # the return restarts after each episode end
+        running = 0.0
+        for t in range(1, 65):
+            running = 0.9 * running + float(batch.state.rew[t, j])
+            expected.append(running)
+            if batch.state.fin[t, j]:
+                running = 0.0
+    std = torch.tensor(expected, dtype=torch.float64).var(correction=0)
+    assert torch.allclose(learner.reward_scale.norm.var, std, rtol=1e-4)
+    assert learner.reward_scale(torch.ones(3)).allclose(torch.ones(3) / (std + 1e-8).sqrt().float(), rtol=1e-4)

@@ -93,7 +93,7 @@ class OnPolicy:
     def __init__(self, config: Dict[str, Any], actor: Actor):
         self.config, self.actor = config, actor
         self.optimizer = _adam(actor.parameters(), config)
-        self.reward_scale = _RewardScale() if config["normalize_reward"] else None
+        self.reward_scale = _RewardScale(config["gamma"]) if config["normalize_reward"] else None
         self.generator = torch.Generator().manual_seed(config["seed"])
 
     def modules(self) -> Dict[str, torch.nn.Module]:
@@ -121,7 +121,7 @@ class OnPolicy:
         _set_lr(self.optimizer, schedule(config, "lr", progress))
         valid = returns.valid_mask(batch)
         if self.reward_scale is not None:
-            self.reward_scale.update(batch.state.rew[1:], valid)
+            self.reward_scale.update(batch.state.rew[1:], batch.state.fin[1:], valid)
             batch = batch._replace(state=batch.state._replace(rew=self.reward_scale(batch.state.rew)))
         if config["algo"] == "ppo":
             infos = self._ppo(batch, progress)
@@ -192,16 +192,32 @@ class OnPolicy:
 
 
 class _RewardScale(torch.nn.Module):
-    """Rewards divided by the running standard deviation of the rewards seen (not centred)."""
+    """Rewards divided by the running standard deviation of the discounted return (as SB3's VecNormalize).
 
-    def __init__(self):
+    The return ``R_t = gamma R_{t-1} + r_t`` runs along each column across batches and restarts
+    after an episode end; the scale is its running std, not the reward's (a constant reward has
+    none). With the ``multi`` collector a column may come from another worker in the next batch,
+    which only perturbs the statistics, never the rewards' signs or order.
+    """
+
+    def __init__(self, gamma: float):
         super().__init__()
         from zoo.normalize import RunningNorm
 
+        self.gamma = gamma
         self.norm = RunningNorm((), center=False)
+        self.register_buffer("running", torch.zeros(0))  # R_t of each column, (B,)
 
-    def update(self, rew: torch.Tensor, valid: torch.Tensor) -> None:
-        self.norm.update(rew, valid)
+    def update(self, rew: torch.Tensor, fin: torch.Tensor, valid: torch.Tensor) -> None:
+        """``rew``, ``fin``: rows ``1..T`` ``(T, B)``; ``valid``: ``(T, B)``."""
+        if self.running.shape != rew.shape[1:]:
+            self.running = torch.zeros(rew.shape[1:], dtype=torch.float64, device=rew.device)
+        returns = torch.empty_like(rew, dtype=torch.float64)
+        for t in range(rew.shape[0]):
+            self.running = self.gamma * self.running + rew[t]
+            returns[t] = self.running
+            self.running = self.running.masked_fill(fin[t], 0.0)
+        self.norm.update(returns, valid)
 
     def forward(self, rew: torch.Tensor) -> torch.Tensor:
         return self.norm(rew).to(rew.dtype)
