@@ -206,6 +206,28 @@ def markdown(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def record_presets(results: List[Dict[str, Any]], when: str) -> None:
+    """Write each row's results into the ``[recorded]`` table of its preset file (shown by ``zoo list``)."""
+    from zoo import presets
+
+    for row in ROWS:
+        runs = [r for r in results if r["row"] == row.name]
+        if not runs:
+            continue
+        preset = presets.find(row.algo, row.env)
+        text = preset.path.read_text()
+        text = text.split("\n[recorded]\n")[0].rstrip("\n") + "\n"
+        finals = ", ".join(f"{r['final']:.1f}" for r in runs)
+        firsts = ", ".join("none" if r["first_step"] is None else str(r["first_step"]) for r in runs)
+        minutes = max(r["wall_time"] for r in runs) / 60
+        text += (
+            f'\n[recorded]\nseeds = {len(runs)}\nfinal_eval = "{finals}"\nfirst_step_at_{row.threshold:g} = "{firsts}"\n'
+            f'wall_clock = "up to {minutes:.1f} min on 2 CPU cores"\ngate = "{row.gate}: {"met" if row.check(runs) else "missed"}"\n'
+            f'measured = "{when}, python -m benchmarks.learning"\n'
+        )
+        preset.path.write_text(text)
+
+
 def plot(results: List[Dict[str, Any]], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -237,11 +259,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", type=pathlib.Path, help="results file (default OUT/learning.json); merged by row")
     parser.add_argument("--report", type=pathlib.Path, help="print the table of a saved results file")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--record-presets", action="store_true", help="with --report: write results into the presets")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="arguments passed to zoo train")
     args = parser.parse_args(argv)
     if args.report is not None:
         data = json.loads(args.report.read_text())
         print(markdown(data["results"]))
+        if args.record_presets:
+            record_presets(data["results"], data["machines"][-1]["time"][:10])
         return
     unknown = set(args.rows) - {row.name for row in ROWS}
     if unknown:
