@@ -177,10 +177,10 @@ def test_mlp_collects_cartpole_fragments():
 
 
 # --------------------------------------------------------------------------------- CategoricalGRU
-@pytest.mark.parametrize("separate_critic", [True, False])
-def test_gru_minibatches_replay_the_collected_logits(separate_critic):
+@pytest.mark.parametrize("separate_critic, feed_action", [(True, False), (False, False), (True, True)])
+def test_gru_minibatches_replay_the_collected_logits(separate_critic, feed_action):
     torch.manual_seed(0)
-    actor = CategoricalGRU(4, 2, separate_critic=separate_critic)
+    actor = CategoricalGRU(4, 2, separate_critic=separate_critic, feed_action=feed_action)
     generator = torch.Generator().manual_seed(0)
     n_boundaries = 0
     with same.rollout(make_cartpole, actor, n_steps=16, n_envs=4, sticky=True, seed=0) as feed:

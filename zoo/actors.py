@@ -172,6 +172,9 @@ class CategoricalGRU(rollout.Actor):
     normalize_obs : bool
         Own ``self.obs_norm = RunningNorm((n_obs,))``, applied to ``obs`` first (shared by both
         trunks); otherwise ``self.obs_norm`` is None.
+    feed_action : bool
+        Also feed the previous action ``act`` ``(n_seq, B)`` one-hot (zeros at rows with ``fin``):
+        in a partially observed env the agent's own push explains part of the change it sees.
 
     ``hx`` is one tensor ``(1, B, hidden)``, or ``(2, B, hidden)`` with a separate critic (row 0
     the policy's state, row 1 the critic's); ``hx=None`` gives zeros. ``step`` returns the action
@@ -187,14 +190,16 @@ class CategoricalGRU(rollout.Actor):
         *,
         separate_critic: bool = False,
         normalize_obs: bool = False,
+        feed_action: bool = False,
     ):
         super().__init__()
         self.hidden = int(hidden)
+        self.n_act = int(n_act) if feed_action else 0
         self.obs_norm = RunningNorm((n_obs,)) if normalize_obs else None
-        self.embed = _orthogonal(nn.Linear(n_obs, hidden), HIDDEN_GAIN)
+        self.embed = _orthogonal(nn.Linear(n_obs + self.n_act, hidden), HIDDEN_GAIN)
         self.cell = nn.GRUCell(hidden, hidden)
         if separate_critic:
-            self.critic_embed = _orthogonal(nn.Linear(n_obs, hidden), HIDDEN_GAIN)
+            self.critic_embed = _orthogonal(nn.Linear(n_obs + self.n_act, hidden), HIDDEN_GAIN)
             self.critic_cell = nn.GRUCell(hidden, hidden)
         else:
             self.critic_embed = self.critic_cell = None
@@ -224,6 +229,9 @@ class CategoricalGRU(rollout.Actor):
         x = obs.float()
         if self.obs_norm is not None:
             x = self.obs_norm(x)
+        if self.n_act:  # the previous action, one-hot; none at a new episode's first row
+            previous = nn.functional.one_hot(act.long().clamp(0, self.n_act - 1), self.n_act).float()
+            x = torch.cat([x, previous.masked_fill(fin.unsqueeze(-1), 0.0)], -1)
         features, h = self._unroll(self.cell, torch.tanh(self.embed(x)), hx[0], fin)
         logits = self.policy(features)
         if self.critic_cell is None:

@@ -57,7 +57,12 @@ def build_actor(config: Dict[str, Any], observation_space: gymnasium.Space, acti
     n_obs = int(np.prod(observation_space.shape))
     if config.get("recurrent"):
         return CategoricalGRU(
-            n_obs, int(action_space.n), hidden[0], separate_critic=config["separate_critic"], normalize_obs=norm
+            n_obs,
+            int(action_space.n),
+            hidden[0],
+            separate_critic=config["separate_critic"],
+            normalize_obs=norm,
+            feed_action=config["feed_action"],
         )
     return CategoricalMLP(n_obs, int(action_space.n), hidden, shared=config["shared"], normalize_obs=norm)
 
