@@ -100,7 +100,7 @@ class _Window:
         self.lags: List[float] = []
         self.recent: List[float] = []  # the last 100 training returns, for the progress bar
 
-    def add(self, batch: rollout.Fragment, info: Dict[str, float], lag: torch.Tensor) -> None:
+    def add(self, batch: rollout.Fragment, info: Dict[str, float], *, lag: torch.Tensor) -> None:
         episodes = rollout.episodes(batch)
         self.returns += episodes.returns.tolist()
         self.lengths += episodes.lengths.tolist()
@@ -125,6 +125,13 @@ class _Window:
             row[key] = float(np.mean(values))
         self.returns, self.lengths, self.infos, self.lags = [], [], [], []
         return row
+
+
+def _next(mark: int, every: int, steps: int) -> int:
+    """The first multiple of ``every`` past ``mark`` that is beyond ``steps``."""
+    while mark <= steps:
+        mark += every
+    return mark
 
 
 def evaluate(
@@ -179,65 +186,58 @@ def train(
             },
         )
 
-    bar = tqdm.tqdm(
-        total=total,
-        initial=min(counters.env_steps, total),
-        unit="step",
-        dynamic_ncols=True,
-        disable=not progress,
-        smoothing=0.05,
-    )
+    bar = tqdm.tqdm(total=total, initial=min(counters.env_steps, total), unit="step", disable=not progress)
     say = tqdm.tqdm.write if progress else echo
-    started, steps_at_start = time.perf_counter(), counters.env_steps
-    wall_at_start = counters.wall_time
+    started, steps_at_start, wall_at_start = time.perf_counter(), counters.env_steps, counters.wall_time
+
+    def due(mark: int) -> bool:
+        return counters.env_steps >= mark or counters.env_steps >= total
+
+    def report(evaluate_now: bool) -> None:
+        """A progress.csv row; with an evaluation, also best.pt, the curve and a line for the user."""
+        speed = (counters.env_steps - steps_at_start) / max(1e-9, time.perf_counter() - started)
+        row = {
+            "env_steps": counters.env_steps,
+            "updates": counters.updates,
+            "wall_time": counters.wall_time,
+            "steps_per_s": speed,
+            "lr": learning.schedule(config, "lr", counters.env_steps / total),
+        }
+        row.update(window.row())
+        if evaluate_now:
+            result = evaluate(config, actor)
+            counters.last_eval = float(result.returns.mean())
+            row.update(eval_return=counters.last_eval, eval_return_std=float(result.returns.std(correction=0)))
+            say(
+                f"step {counters.env_steps:>9,}  eval {counters.last_eval:8.1f} ± {row['eval_return_std']:.1f}  "
+                f"train {row['return_mean']:8.1f}  {speed:,.0f} steps/s  {counters.wall_time:6.1f} s"
+            )
+            if counters.last_eval > counters.best_eval:
+                counters.best_eval = counters.last_eval
+                save("best.pt")
+        run.log(row)
+        if evaluate_now:
+            run.plot()
+
     env_seed = np.random.SeedSequence([seed, counters.sessions])  # a resumed session starts new episodes
-    feed = make_collector(config, actor, env_seed)
     try:
-        with feed:
+        with make_collector(config, actor, env_seed) as feed:
             for index, batch in enumerate(feed):
                 if counters.env_steps >= total:
                     break
-                steps = count_steps(batch)
+                steps = count_steps(batch)  # frozen rows of sticky envs are not steps
                 info = learner.update(batch, progress=counters.env_steps / total)
                 counters.env_steps += steps
                 counters.updates += 1
-                window.add(batch, info, (index - batch.version).float())
-                bar.update(min(steps, total - bar.n))
                 counters.wall_time = wall_at_start + time.perf_counter() - started
-                speed = (counters.env_steps - steps_at_start) / max(1e-9, time.perf_counter() - started)
-                evaluate_now = counters.env_steps >= counters.next_eval or counters.env_steps >= total
-                if counters.env_steps >= counters.next_log or evaluate_now:
-                    row = {
-                        "env_steps": counters.env_steps,
-                        "updates": counters.updates,
-                        "wall_time": counters.wall_time,
-                        "steps_per_s": speed,
-                        "lr": learning.schedule(config, "lr", counters.env_steps / total),
-                    }
-                    row.update(window.row())
-                    if evaluate_now:
-                        result = evaluate(config, actor)
-                        counters.last_eval = float(result.returns.mean())
-                        row.update(
-                            eval_return=counters.last_eval, eval_return_std=float(result.returns.std(correction=0))
-                        )
-                        while counters.next_eval <= counters.env_steps:
-                            counters.next_eval += eval_every
-                        say(
-                            f"step {counters.env_steps:>9,}  eval {counters.last_eval:8.1f} "
-                            f"± {row['eval_return_std']:.1f}  train {row['return_mean']:8.1f}  "
-                            f"{speed:,.0f} steps/s  {counters.wall_time:6.1f} s"
-                        )
-                        if counters.last_eval > counters.best_eval:
-                            counters.best_eval = counters.last_eval
-                            save("best.pt")
-                        run.plot()
-                    run.log(row)
-                    while counters.next_log <= counters.env_steps:
-                        counters.next_log += log_every
-                if counters.env_steps >= counters.next_checkpoint or counters.env_steps >= total:
-                    while counters.next_checkpoint <= counters.env_steps:
-                        counters.next_checkpoint += checkpoint_every
+                window.add(batch, info, lag=(index - batch.version).float())  # updates behind the learner
+                bar.update(min(steps, total - bar.n))
+                if due(counters.next_log) or due(counters.next_eval):
+                    report(evaluate_now=due(counters.next_eval))
+                    counters.next_log = _next(counters.next_log, log_every, counters.env_steps)
+                    counters.next_eval = _next(counters.next_eval, eval_every, counters.env_steps)
+                if due(counters.next_checkpoint):
+                    counters.next_checkpoint = _next(counters.next_checkpoint, checkpoint_every, counters.env_steps)
                     save("last.pt")
                 recent = np.mean(window.recent) if window.recent else math.nan
                 bar.set_postfix_str(f"return {recent:.1f}  eval {counters.last_eval:.1f}", refresh=False)
@@ -245,7 +245,7 @@ def train(
                     break
     except KeyboardInterrupt:
         counters.wall_time = wall_at_start + time.perf_counter() - started
-        save("last.pt")  # the collector is closed by the with block above
+        save("last.pt")  # the collector was closed when the with block exited
         run.plot()
         raise
     finally:
