@@ -146,6 +146,14 @@ class RandomActor(rollout.Actor):
         return torch.randint(self.n_act, tuple(fin.shape)), (), {}
 
 
+def _head(n_in: int, width: int, n_out: int, gain: float) -> nn.Module:
+    """A linear output layer, behind one tanh hidden layer of ``width`` units when ``width > 0``."""
+    out = _orthogonal(nn.Linear(width or n_in, n_out), gain)
+    if not width:
+        return out
+    return nn.Sequential(_orthogonal(nn.Linear(n_in, width), HIDDEN_GAIN), nn.Tanh(), out)
+
+
 class CategoricalGRU(rollout.Actor):
     """Recurrent actor-critic: ``[obs_norm] -> Linear -> tanh -> GRU cell -> policy and value heads``.
 
@@ -172,6 +180,9 @@ class CategoricalGRU(rollout.Actor):
     normalize_obs : bool
         Own ``self.obs_norm = RunningNorm((n_obs,))``, applied to ``obs`` first (shared by both
         trunks); otherwise ``self.obs_norm`` is None.
+    head : int
+        Width of a tanh hidden layer between the recurrent state and each head (0: linear heads),
+        as sb3-contrib's recurrent policies put an MLP after the LSTM.
     feed_action : bool
         Also feed the previous action ``act`` ``(n_seq, B)`` one-hot (zeros at rows with ``fin``):
         in a partially observed env the agent's own push explains part of the change it sees.
@@ -191,6 +202,7 @@ class CategoricalGRU(rollout.Actor):
         separate_critic: bool = False,
         normalize_obs: bool = False,
         feed_action: bool = False,
+        head: int = 0,
     ):
         super().__init__()
         self.hidden = int(hidden)
@@ -203,8 +215,8 @@ class CategoricalGRU(rollout.Actor):
             self.critic_cell = nn.GRUCell(hidden, hidden)
         else:
             self.critic_embed = self.critic_cell = None
-        self.policy = _orthogonal(nn.Linear(hidden, n_act), POLICY_GAIN)
-        self.value = _orthogonal(nn.Linear(hidden, 1), VALUE_GAIN)
+        self.policy = _head(hidden, head, n_act, POLICY_GAIN)
+        self.value = _head(hidden, head, 1, VALUE_GAIN)
 
     @property
     def separate_critic(self) -> bool:
