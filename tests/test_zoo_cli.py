@@ -295,3 +295,15 @@ def test_ctrl_c_saves_last_and_leaves_nothing_behind(tmp_path):
     assert steps > 0
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"workers left behind: {alive}"
+
+
+@pytest.mark.timeout(120)
+def test_a_checkpoint_saved_before_a_key_existed_still_evaluates(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, *SMOKE["ppo-recurrent"], "--steps", "256", "--eval-every", "256", "--eval-episodes", "1") == 0
+    checkpoint = load_checkpoint(run / "last.pt")
+    for key in ("head", "feed_action"):  # keys added after the first checkpoints were written
+        del checkpoint["config"][key]
+    torch.save(checkpoint, run / "old.pt")
+    assert main(["eval", str(run / "old.pt"), "--episodes", "1"]) == 0
+    assert "1 deterministic episodes" in capsys.readouterr().out

@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace, argv: List[str]) -> int:
         if not last.is_file():
             raise UsageError(f"--resume {args.resume}: no last.pt there (is it a run folder?)")
         checkpoint = load_checkpoint(last)
-        config = dict(checkpoint["config"])
+        config = presets.complete(checkpoint["config"])
         for name, value in (("algo", args.algo), ("env", args.env)):
             if value is not None and value != config[name]:
                 raise UsageError(
@@ -243,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, found {args.episodes}")
     checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
+    config = presets.complete(checkpoint["config"])
     if args.video is not None:
         from zoo.video import check_available
 

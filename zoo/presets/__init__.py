@@ -14,7 +14,7 @@ import pathlib
 import tomllib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["ALGOS", "KEYS", "Key", "Preset", "PresetError", "presets", "find", "resolve", "parse_value"]
+__all__ = ["ALGOS", "KEYS", "Key", "Preset", "PresetError", "presets", "find", "resolve", "complete", "parse_value"]
 
 ALGOS = ("ppo", "a2c", "reinforce", "sac")
 ON_POLICY = ("ppo", "a2c", "reinforce")
@@ -228,6 +228,12 @@ def resolve(algo: str, env: str, overrides: Dict[str, Any]) -> Tuple[Preset, Dic
             raise PresetError(f"unknown key {key!r} for {algo}; valid keys: {', '.join(valid_keys(algo))}")
         config[key] = _check_type(key, value, "--set")
     return preset, config
+
+
+def complete(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved configuration with the defaults of keys added since it was saved (older checkpoints)."""
+    defaults = {key: KEYS[key].default for key in valid_keys(config["algo"])}
+    return {**defaults, **config}
 
 
 def parse_assignments(
