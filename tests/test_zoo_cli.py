@@ -302,8 +302,8 @@ def test_a_checkpoint_saved_before_a_key_existed_still_evaluates(tmp_path, capsy
     run = tmp_path / "run"
     assert train(run, *SMOKE["ppo-recurrent"], "--steps", "256", "--eval-every", "256", "--eval-episodes", "1") == 0
     checkpoint = load_checkpoint(run / "last.pt")
-    for key in ("head", "feed_action"):  # keys added after the first checkpoints were written
-        del checkpoint["config"][key]
+    assert checkpoint["config"]["head"] == presets.KEYS["head"].default
+    del checkpoint["config"]["head"]  # a key added after the first checkpoints were written
     torch.save(checkpoint, run / "old.pt")
     assert main(["eval", str(run / "old.pt"), "--episodes", "1"]) == 0
     assert "1 deterministic episodes" in capsys.readouterr().out
