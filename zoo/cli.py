@@ -13,6 +13,7 @@ or worker process starts.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -264,21 +265,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         from zoo.video import record
 
         frames = record(
-            functools_partial_env(config["env"]),
+            functools.partial(make_env, config["env"], render_mode="rgb_array"),
             actor,
             args.video,
             seed=(args.seed if args.seed is not None else config["seed"]),
         )
         print(f"video: {args.video} ({frames} frames)")
     return 0
-
-
-def functools_partial_env(env_id: str):
-    import functools
-
-    from zoo.train import make_env
-
-    return functools.partial(make_env, env_id, render_mode="rgb_array")
 
 
 def _list() -> int:

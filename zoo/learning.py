@@ -24,6 +24,7 @@ from learners import a2c, ppo, reinforce, returns, sac
 from learners.replay import ReplayBuffer
 from rollout import Actor, Fragment
 from zoo.actors import AtariConv, CategoricalGRU, CategoricalMLP, QNetwork, SquashedGaussian
+from zoo.normalize import RunningNorm
 
 __all__ = ["build_actor", "build", "schedule", "OnPolicy", "SoftActorCritic", "check_spaces"]
 
@@ -179,8 +180,8 @@ class OnPolicy:
             n_minibatches = (n_steps * n_envs) // c["minibatch_size"]
         n_minibatches = max(1, min(n_minibatches, samples))
         clip = schedule(c, "clip", progress) or 1e-8
-        infos = []
-        for epoch in range(c["epochs"]):
+        infos, epochs = [], 0
+        for epochs in range(1, c["epochs"] + 1):
             for minibatch in ppo.minibatches(prepared, n_minibatches, generator=self.generator, sequences=sequences):
                 loss, info = ppo.loss(
                     minibatch,
@@ -192,9 +193,10 @@ class OnPolicy:
                     normalize_advantages=c["normalize_advantages"],
                 )
                 if c["target_kl"] is not None and info["approx_kl"] > 1.5 * c["target_kl"]:
-                    return infos + [dict(info, epochs=epoch)]  # early stop: this minibatch is not applied
-                infos.append(self._step(loss, dict(info, epochs=epoch + 1)))
-        return infos
+                    # early stop: this minibatch is not applied, and `epochs` counts the completed ones
+                    return [dict(i, epochs=epochs - 1) for i in infos or [info]]
+                infos.append(self._step(loss, info))
+        return [dict(i, epochs=epochs) for i in infos]
 
 
 class _RewardScale(torch.nn.Module):
@@ -208,8 +210,6 @@ class _RewardScale(torch.nn.Module):
 
     def __init__(self, gamma: float):
         super().__init__()
-        from zoo.normalize import RunningNorm
-
         self.gamma = gamma
         self.norm = RunningNorm((), center=False)
         self.register_buffer("running", torch.zeros(0))  # R_t of each column, (B,)
