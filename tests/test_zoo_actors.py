@@ -177,16 +177,20 @@ def test_mlp_collects_cartpole_fragments():
 
 
 # --------------------------------------------------------------------------------- CategoricalGRU
-@pytest.mark.parametrize("separate_critic, feed_action", [(True, False), (False, False), (True, True)])
-def test_gru_minibatches_replay_the_collected_logits(separate_critic, feed_action):
+@pytest.mark.parametrize(
+    "separate_critic, feed_action, cell",
+    [(True, False, "gru"), (False, False, "gru"), (True, True, "gru"), (True, True, "lstm"), (False, False, "lstm")],
+)
+def test_gru_minibatches_replay_the_collected_logits(separate_critic, feed_action, cell):
     torch.manual_seed(0)
-    actor = CategoricalGRU(4, 2, separate_critic=separate_critic, feed_action=feed_action)
+    actor = CategoricalGRU(4, 2, separate_critic=separate_critic, feed_action=feed_action, cell=cell)
     generator = torch.Generator().manual_seed(0)
     n_boundaries = 0
     with same.rollout(make_cartpole, actor, n_steps=16, n_envs=4, sticky=True, seed=0) as feed:
         for fragment in itertools.islice(feed, 3):
             fragment = fragment.clone()
-            assert fragment.hx.shape == (2 if separate_critic else 1, 4, 64)
+            rows = (2 if separate_critic else 1) * (2 if cell == "lstm" else 1)
+            assert fragment.hx.shape == (rows, 4, 64)
             fin = fragment.state.fin[:-1]
             n_boundaries += int(fin[1:].sum())
             prepared = ppo.prepare(fragment, actor)
@@ -235,6 +239,26 @@ def test_gru_hx_and_separate_critic():
     info["value"].sum().backward()
     assert shared.cell.weight_hh.grad.abs().sum() > 0
     torch.testing.assert_close(shared.policy.weight @ shared.policy.weight.T, 1e-4 * torch.eye(3), rtol=0, atol=1e-9)
+
+
+def test_lstm_cell_state_rows_and_continuation():
+    torch.manual_seed(0)
+    actor = CategoricalGRU(4, 3, 8, separate_critic=True, cell="lstm")
+    assert isinstance(actor.cell, torch.nn.LSTMCell) and isinstance(actor.critic_cell, torch.nn.LSTMCell)
+    obs = torch.randn(5, 2, 4)
+    _, hx, info = step(actor, obs)
+    assert hx.shape == (4, 2, 8)  # policy (h, c), critic (h, c)
+    assert not torch.equal(hx[0], hx[1])  # h and c are both kept
+    _, hx_a, _ = step(actor, obs[:3])
+    _, hx_b, info_b = step(actor, obs[3:], hx=hx_a)
+    torch.testing.assert_close(info_b["logits"], info["logits"][3:])
+    torch.testing.assert_close(info_b["value"], info["value"][3:])
+    torch.testing.assert_close(hx_b, hx)
+    # dropping the cell state c changes what follows: the continuation really uses it
+    _, _, info_c = step(actor, obs[3:], hx=torch.cat([hx_a[:1], torch.zeros_like(hx_a[:1]), hx_a[2:]]))
+    assert not torch.allclose(info_c["logits"], info["logits"][3:])
+    with pytest.raises(ValueError, match="cell must be 'gru' or 'lstm', got 'rnn'"):
+        CategoricalGRU(4, 3, cell="rnn")
 
 
 def test_gru_zeroes_the_state_at_fin():

@@ -186,9 +186,12 @@ class CategoricalGRU(rollout.Actor):
     feed_action : bool
         Also feed the previous action ``act`` ``(n_seq, B)`` one-hot (zeros at rows with ``fin``):
         in a partially observed env the agent's own push explains part of the change it sees.
+    cell : str
+        ``"gru"`` (``nn.GRUCell``) or ``"lstm"`` (``nn.LSTMCell``, as sb3-contrib's RecurrentPPO).
 
-    ``hx`` is one tensor ``(1, B, hidden)``, or ``(2, B, hidden)`` with a separate critic (row 0
-    the policy's state, row 1 the critic's); ``hx=None`` gives zeros. ``step`` returns the action
+    ``hx`` is one tensor ``(S, B, hidden)`` of the trunks' states stacked: ``S`` is 1 for a GRU
+    (``h``) or 2 for an LSTM (``h``, ``c``), doubled with a separate critic (the policy's rows
+    first, then the critic's); ``hx=None`` gives zeros. ``step`` returns the action
     ``(n_seq, B)`` int64 (sampled, or the argmax when ``self.deterministic``), the state after the
     last row, and ``info`` with ``logits`` ``(n_seq, B, A)`` and ``value`` ``(n_seq, B)``.
     """
@@ -203,16 +206,21 @@ class CategoricalGRU(rollout.Actor):
         normalize_obs: bool = False,
         feed_action: bool = False,
         head: int = 0,
+        cell: str = "gru",
     ):
         super().__init__()
+        if cell not in ("gru", "lstm"):
+            raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
+        Cell = nn.GRUCell if cell == "gru" else nn.LSTMCell
+        self.n_state = 1 if cell == "gru" else 2  # rows of hx per trunk
         self.hidden = int(hidden)
         self.n_act = int(n_act) if feed_action else 0
         self.obs_norm = RunningNorm((n_obs,)) if normalize_obs else None
         self.embed = _orthogonal(nn.Linear(n_obs + self.n_act, hidden), HIDDEN_GAIN)
-        self.cell = nn.GRUCell(hidden, hidden)
+        self.cell = Cell(hidden, hidden)
         if separate_critic:
             self.critic_embed = _orthogonal(nn.Linear(n_obs + self.n_act, hidden), HIDDEN_GAIN)
-            self.critic_cell = nn.GRUCell(hidden, hidden)
+            self.critic_cell = Cell(hidden, hidden)
         else:
             self.critic_embed = self.critic_cell = None
         self.policy = _head(hidden, head, n_act, POLICY_GAIN)
@@ -225,34 +233,39 @@ class CategoricalGRU(rollout.Actor):
 
     @staticmethod
     def _unroll(
-        cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, fin: torch.Tensor
+        cell: nn.Module, x: torch.Tensor, h: torch.Tensor, fin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``cell`` over ``x`` ``(n_seq, B, hidden)`` from ``h`` ``(B, hidden)``, zeroing before ``fin``."""
-        outputs = []
+        """Run ``cell`` over ``x`` ``(n_seq, B, hidden)`` from ``h`` ``(S, B, hidden)``, zeroing before ``fin``.
+
+        Returns the outputs ``(n_seq, B, hidden)`` and the state after the last row ``(S, B, hidden)``.
+        """
+        outputs, lstm = [], isinstance(cell, nn.LSTMCell)
         for t in range(x.shape[0]):
-            h = cell(x[t], h.masked_fill(fin[t].unsqueeze(-1), 0.0))
-            outputs.append(h)
+            h = h.masked_fill(fin[t].unsqueeze(-1), 0.0)
+            h = torch.stack(cell(x[t], (h[0], h[1]))) if lstm else cell(x[t], h[0]).unsqueeze(0)
+            outputs.append(h[0])
         return torch.stack(outputs), h
 
     def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
         B = fin.shape[1]
         if hx is None:
-            hx = torch.zeros(1 + self.separate_critic, B, self.hidden, device=obs.device)
+            hx = torch.zeros((1 + self.separate_critic) * self.n_state, B, self.hidden, device=obs.device)
         x = obs.float()
         if self.obs_norm is not None:
             x = self.obs_norm(x)
         if self.n_act:  # the previous action, one-hot; none at a new episode's first row
             previous = nn.functional.one_hot(act.long().clamp(0, self.n_act - 1), self.n_act).float()
             x = torch.cat([x, previous.masked_fill(fin.unsqueeze(-1), 0.0)], -1)
-        features, h = self._unroll(self.cell, torch.tanh(self.embed(x)), hx[0], fin)
+        S = self.n_state
+        features, h = self._unroll(self.cell, torch.tanh(self.embed(x)), hx[:S], fin)
         logits = self.policy(features)
         if self.critic_cell is None:
-            value_features, states = features, (h,)
+            value_features, states = features, h
         else:
-            value_features, h_critic = self._unroll(self.critic_cell, torch.tanh(self.critic_embed(x)), hx[1], fin)
-            states = (h, h_critic)
+            value_features, h_critic = self._unroll(self.critic_cell, torch.tanh(self.critic_embed(x)), hx[S:], fin)
+            states = torch.cat([h, h_critic])
         value = self.value(value_features).squeeze(-1)
-        return _categorical(logits, self.deterministic), torch.stack(states), {"logits": logits, "value": value}
+        return _categorical(logits, self.deterministic), states, {"logits": logits, "value": value}
 
 
 class AtariConv(rollout.Actor):

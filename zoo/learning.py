@@ -65,6 +65,7 @@ def build_actor(config: Dict[str, Any], observation_space: gymnasium.Space, acti
             normalize_obs=norm,
             feed_action=config["feed_action"],
             head=config["head"],
+            cell=config["cell"],
         )
     return CategoricalMLP(n_obs, int(action_space.n), hidden, shared=config["shared"], normalize_obs=norm)
 

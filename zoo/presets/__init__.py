@@ -60,6 +60,7 @@ KEYS: Dict[str, Key] = {
     "recurrent": Key("bool", False, "GRU actor (ppo with sticky envs and sequence minibatches)", ("ppo",)),
     "separate_critic": Key("bool", True, "recurrent actor: a separate recurrent value trunk", ("ppo",)),
     "head": Key("int", 0, "recurrent actor: width of a hidden layer before each head (0: none)", ("ppo",)),
+    "cell": Key("str", "gru", "recurrent actor: the recurrent cell", ("ppo",), choices=("gru", "lstm")),
     "feed_action": Key("bool", False, "recurrent actor: also feed the previous action", ("ppo",)),
     "sticky": Key("bool", False, "freeze an env from its episode end to the fragment end", ON_POLICY),
     "normalize_obs": Key("bool", False, "running mean/std observation normalisation owned by the actor"),
