@@ -11,7 +11,6 @@ already holds the current version) reads one shared counter and copies nothing, 
 """
 
 import io
-import multiprocessing
 import statistics
 import time
 from typing import Callable, Dict
@@ -51,7 +50,7 @@ def measure(width: int, depth: int, repeats: int = 50, pickle: bool = True) -> d
     """
     torch.manual_seed(0)
     module, worker = mlp(width, depth), mlp(width, depth)
-    store = WeightStore(module, multiprocessing.get_context("spawn").Lock())
+    store = WeightStore(module)
     ms = lambda t: {k: v * 1e3 for k, v in t.items()}  # noqa: E731
     out = {"params": sum(p.numel() for p in module.parameters())}
     out["publish_ms"] = ms(timed(lambda: store.publish(module), repeats))

@@ -2,9 +2,9 @@
 
 A *spec* is a :class:`~rollout.fragment.Fragment` whose leaves are example tensors for one time
 row and one env column: ``(1, 1, ...)`` for time-major fields, the recurrent state with batch 1 at
-dim 1, and ``(1,)`` for ``version``. :func:`allocate` expands it to ``T`` steps and ``B`` envs.
+dim 1, and ``(1,)`` for ``version`` (``worker`` and ``sequence`` are made alike). :func:`allocate` expands it to ``T`` steps and ``B`` envs.
 
-dtype rules: rewards float32, ``fin``/``terminated`` bool, ``stepno`` and ``version`` int64,
+dtype rules: rewards float32, ``fin``/``terminated`` bool, ``stepno``, ``version``, ``worker`` and ``sequence`` int64,
 episode returns float64 and lengths int64; observations and actions keep the dtypes of their
 spaces; actor outputs keep the dtypes the actor returns.
 """
@@ -47,7 +47,8 @@ def allocate(spec: Fragment, n_steps: int, n_envs: int, *, shared: bool = False,
     Returns
     -------
     Fragment
-        The buffers; ``version`` is int64 ``(B,)``, ``hx`` has ``B`` at dim 1.
+        The buffers; ``version``, ``worker`` and ``sequence`` are int64 ``(B,)``, ``hx`` has ``B``
+        at dim 1.
     """
 
     def rows(n: int):
@@ -63,13 +64,15 @@ def allocate(spec: Fragment, n_steps: int, n_envs: int, *, shared: bool = False,
         hx=optree.tree_map(column, spec.hx),
         final=optree.tree_map(rows(1 + n_steps), spec.final),
         version=_zeros((n_envs,), torch.int64, shared, pinned),
+        worker=_zeros((n_envs,), torch.int64, shared, pinned),
+        sequence=_zeros((n_envs,), torch.int64, shared, pinned),
     )
 
 
 def narrow(fragment: Fragment, start: int, length: int) -> Fragment:
     """Columns ``start:start+length`` of a fragment (views sharing its memory; batch is dim 1)."""
-    return Fragment(*(optree.tree_map(lambda x: x.narrow(1, start, length), field) for field in fragment[:5]),
-                    version=fragment.version.narrow(0, start, length))
+    columns = [x.narrow(0, start, length) if x is not None else None for x in fragment[5:]]
+    return Fragment(*(optree.tree_map(lambda x: x.narrow(1, start, length), field) for field in fragment[:5]), *columns)
 
 
 def numpy_view(tensor: torch.Tensor) -> np.ndarray:

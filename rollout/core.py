@@ -89,7 +89,7 @@ class _Plan:
         self.final_actor_leaves = optree.tree_leaves(final.actor)
         self.final_obs_leaves = optree.tree_leaves(final.obs)
         self.hx_leaves = optree.tree_leaves(fragment.hx)
-        self.version = fragment.version
+        self.version, self.worker, self.sequence = fragment.version, fragment.worker, fragment.sequence
         obs = optree.tree_leaves(state.obs)
         act = optree.tree_leaves(state.act)
         actor = optree.tree_leaves(fragment.actor)
@@ -136,12 +136,20 @@ class Context:
         The recurrent state to feed the next step (batch at dim 1).
     version : int
         Written into ``Fragment.version`` by :func:`collect`.
+    worker : int
+        Written into ``Fragment.worker`` (the worker collectors set their index).
+    sequence : int
+        Written into ``Fragment.sequence``; :func:`collect` counts it up after each fragment.
+    progress : numpy int64 array of shape (1,) or None
+        If set, :func:`collect` adds 1 to ``progress[0]`` at every env step (a heartbeat a
+        watchdog in another process can read from shared memory).
     """
 
     def __init__(self, envs: Union[EnvList, BatchedEnv], actor: Actor, n_steps: int, sticky: bool):
         self.envs, self.actor, self.n_steps, self.sticky = envs, actor, n_steps, sticky
         self.n_envs = len(envs)
-        self.version = 0
+        self.version = self.worker = self.sequence = 0
+        self.progress: Optional[np.ndarray] = None
         self._plans: dict = {}
 
     def allocate(self, *, shared: bool = False, pinned: bool = False) -> Fragment:
@@ -251,6 +259,7 @@ def startup(
     sticky: bool = False,
     seed: Union[None, int, np.random.SeedSequence] = None,
     env_info: Any = None,
+    disposable: bool = False,
 ) -> Context:
     """Reset and validate a batch of envs and the actor; return the running context.
 
@@ -270,6 +279,10 @@ def startup(
     env_info : None, sequence of str, or mapping
         Env-info keys to record in ``Fragment.env``: None infers them from one probe step of a
         copy of the first env; names; or name -> example value. Missing keys read 0 (False).
+    disposable : bool
+        The envs only serve this validation and are thrown away (a worker collector's probe in
+        the parent): the probe step that checks the step observation runs on env 0 itself, so
+        envs that cannot be deep-copied are checked too, whatever ``env_info`` is.
 
     Returns
     -------
@@ -304,8 +317,8 @@ def startup(
                 obs_layout.adopt(obs, f"env {j}: reset() observation")
             obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
 
-    wants_probe = env_info is None or (not isinstance(env_info, dict) and len(env_info) > 0)
-    probe = envs.probe() if wants_probe else None
+    wants_probe = disposable or env_info is None or (not isinstance(env_info, dict) and len(env_info) > 0)
+    probe = envs.probe(in_place=disposable) if wants_probe else None
     if probe is not None:
         obs_layout.adopt(probe[0], "env 0: step() observation")
         if not isinstance(probe[1], (int, float, np.integer, np.floating, np.bool_)):
@@ -432,6 +445,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
             dst.copy_(src)
         plan.version.fill_(context.version)
+        plan.worker.fill_(context.worker)
+        plan.sequence.fill_(context.sequence)
+        progress = context.progress
         frozen[:] = False
         hx = context.hx
         for t in range(T):
@@ -447,6 +463,8 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                                   truncated, plan.env_np[t], frozen if sticky else None)
             stepno += 1
             ret += plan.rew[t1]
+            if progress is not None:
+                progress[0] += 1
             if sticky and frozen.any():
                 stepno[frozen] = 0
                 for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
@@ -483,6 +501,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
             dst.copy_(src[T:T + 1])
         context.hx = hx
+        context.sequence += 1
     return fragment
 
 

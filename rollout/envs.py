@@ -48,6 +48,11 @@ def is_batched(env: Any) -> bool:
     return isinstance(env, gymnasium.vector.VectorEnv)
 
 
+def is_factory(obj: Any) -> bool:
+    """Whether ``obj`` is an env factory: an env class, or a callable that is not itself an env."""
+    return isinstance(obj, type) or (callable(obj) and not hasattr(obj, "step"))
+
+
 def _is_env(env: Any) -> bool:
     return all(hasattr(env, name) for name in ("step", "reset", "observation_space", "action_space"))
 
@@ -127,11 +132,15 @@ def adapt(env: Any) -> Any:
 
 
 def make_env(factory: Callable, seed: Optional[int]) -> Any:
-    """Call ``factory(seed)`` if it takes an argument, else ``factory()``, and adapt the result."""
+    """Call ``factory(seed)`` if it takes an argument, else ``factory()``, and adapt the result.
+
+    An env class is called without arguments (its first argument is rarely a seed; the collector
+    seeds every env through ``reset(seed=...)`` anyway).
+    """
     if not callable(factory):
         raise ConfigurationError(f"expected an env factory (a callable), found {type(factory).__name__}")
     params = [p for p in _parameters(factory).values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-    env = factory(seed) if params else factory()
+    env = factory(seed) if params and not isinstance(factory, type) else factory()
     try:
         return adapt(env)
     except EnvError as error:
@@ -361,12 +370,19 @@ class EnvList:
             term[j], trunc[j] = te, tr
         return bool(ended)
 
-    def probe(self) -> Optional[Tuple[Any, Any, dict]]:
-        """One step of a copy of env 0 with a sampled action: ``(obs, rew, info)``, or None."""
-        try:
-            env = copy.deepcopy(self.envs[0])
-        except Exception:  # an env holding a process or a handle cannot be copied
-            return None
+    def probe(self, in_place: bool = False) -> Optional[Tuple[Any, Any, dict]]:
+        """One step of a copy of env 0 with a sampled action: ``(obs, rew, info)``, or None.
+
+        ``in_place=True`` steps env 0 itself: for a batch built only to be
+        validated and thrown away, so that envs that cannot be deep-copied are checked too.
+        """
+        if in_place:
+            env = self.envs[0]
+        else:
+            try:
+                env = copy.deepcopy(self.envs[0])
+            except Exception:  # an env holding a process or a handle cannot be copied
+                return None
         try:
             env.reset(seed=0)
             space = copy.deepcopy(self.action_space)
@@ -374,7 +390,7 @@ class EnvList:
             obs, rew, _, _, info = env.step(space.sample())
             return obs, rew, info
         finally:
-            close = getattr(env, "close", None)
+            close = None if in_place else getattr(env, "close", None)  # in place: the owner closes it
             if close is not None:
                 try:
                     close()
@@ -463,7 +479,7 @@ class BatchedEnv:
                 row[mask] = np.asarray(value)[mask]
         return any_ended
 
-    def probe(self) -> None:
+    def probe(self, in_place: bool = False) -> None:
         return None  # stepping a copy of a vector env is not generally possible
 
     def close(self) -> None:

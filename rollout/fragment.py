@@ -3,7 +3,7 @@
 A fragment holds ``T = n_steps`` transitions of ``B`` environments as time-major nested torch
 tensors. See :mod:`rollout.core` for the timing table (which row holds what).
 
-``Fragment(state, actor, env, hx, final, version)``
+``Fragment(state, actor, env, hx, final, version, worker, sequence)``
 
 ========  ===============  ===================================================================
 field     shape            meaning
@@ -16,7 +16,16 @@ hx        batch at dim 1   the actor's recurrent state fed to the step at row 0 
 final     ``(1+T, B, ...)``  :class:`Final`: the ended episode's data, meaningful where
                            ``final.episode_length > 0``
 version   ``(B,)`` int64     version of the actor weights each column was collected with
+worker    ``(B,)`` int64     index of the worker (the batch of envs) that collected each column;
+                           0 for the in-process collector
+sequence  ``(B,)`` int64     that worker's fragment counter (0, 1, 2, ...) for each column
 ========  ===============  ===================================================================
+
+Traceability: the columns with the same ``worker`` index are the same envs across batches, and
+fragment ``sequence + 1`` of a worker continues fragment ``sequence`` (its row 0 is the other's
+row T). With several workers and batches in flight, a worker's fragments may reach the learner
+out of collection order (a batch completes when its last slot is filled); ``(worker, sequence)``
+puts them back in order.
 """
 
 from typing import Any, NamedTuple
@@ -78,6 +87,8 @@ class Fragment(NamedTuple):
     hx: Any
     final: Final
     version: Any
+    worker: Any = None
+    sequence: Any = None
 
     def clone(self) -> "Fragment":
         """A deep copy whose tensors own their memory (keep it past the next ``next()``)."""

@@ -3,35 +3,59 @@
 ``n_actors`` workers each own ``n_per_actor`` envs, a copy of the actor and a running
 :class:`rollout.core.Context`. Batches live in ``n_buffers // n_per_batch`` shared-memory batch
 buffers of ``n_per_batch * n_per_actor`` columns; each is cut into ``n_per_batch`` slots of
-``n_per_actor`` columns. Free slots wait in a queue that any idle worker takes from (a slow worker
-stalls nobody), and a worker writes its fragment straight into the slot: no copy on the way to the
-learner. When all slots of a batch buffer are full the batch is yielded as one fragment; it is
-released (its slots go back to the queue) at the next ``next()``.
+``n_per_actor`` columns. The parent hands free slots out over each worker's own pipe, to the
+workers that hold the fewest (at most two each: the one being filled and the next), so a slow
+worker stalls nobody and no lock is shared between workers. A worker writes its fragment straight
+into the slot: no copy on the way to the learner. When all slots of a batch buffer are full the
+batch is yielded as one fragment; its slots are handed out again at the next ``next()``.
 
 Weight sync and lag: every ``next()`` publishes the learner actor's weights to a versioned store
-(:mod:`rollout.sync`) and workers pull before each fragment when the version changed. A fragment
-whose collection starts after the publish of ``next()`` number k (counting from 0) uses weights of
-version >= k, and ``Fragment.version`` records the version of each column. With one worker and two
-buffers (:func:`rollout.single.rollout`) the fragment yielded by ``next()`` k has version
-``k - 1`` or ``k`` (``0`` for the first): at most one update behind. With several workers a
-batch buffer is refilled from slots released at an earlier ``next()``, so a batch lags by up to
-the number of batch buffers in flight (``n_buffers // n_per_batch``), more only behind a worker
-that is slower than the others.
+(:mod:`rollout.sync`, a sequence lock) and workers pull before each fragment when the version
+changed. A fragment whose collection starts after the publish of ``next()`` number k (counting
+from 0) uses weights of version >= k, and ``Fragment.version`` records the version of each column.
+With one worker and two buffers (:func:`rollout.single.rollout`) the fragment yielded by
+``next()`` k has version ``k - 1`` or ``k`` (``0`` for the first): at most one update behind. With
+several workers a batch buffer is refilled from slots released at an earlier ``next()``, so a
+batch lags by up to the number of batch buffers in flight (``n_buffers // n_per_batch``), more
+only behind a worker that is slower than the others.
 
-Failures: an exception in a worker (factory, env, actor) is raised from ``next()`` as
-:class:`~rollout.errors.WorkerError` with the worker's traceback; a worker killed by a signal is
-reported within a second; every wait has a timeout and watches the workers' sentinels. Closing
-(``close()``, ``with``, garbage collection, interpreter exit) stops the workers within about one
-fragment and frees every shared-memory buffer.
+Order: ``Fragment.worker`` and ``Fragment.sequence`` say which worker collected each block of
+columns and which of its fragments it is. A worker's fragments reach the learner in collection
+order within one batch buffer, but not necessarily across buffers: a batch is yielded when its
+last slot is filled, so a later batch can complete first. ``(worker, sequence)`` stitches them.
+
+Failures, each reported by ``next()`` as :class:`~rollout.errors.WorkerError`, never a hang:
+
+- an exception in a worker (factory, env, actor): with the worker's traceback, as soon as it is
+  raised;
+- a worker that dies (killed by a signal, ``os._exit``): within ``0.2`` s, naming the signal;
+- a worker that dies before it runs our code (an import error in the main module, a script
+  without an ``if __name__ == "__main__":`` guard under spawn): with the tail of its stderr, and
+  for the missing guard, the fix;
+- a worker that holds a slot and makes no progress (no env step, no weight copy) for
+  ``stall_timeout`` seconds (default 60; a frozen process, SIGSTOP, a debugger, an env stuck in
+  ``step``): naming it, its pid and what it was doing. A slow env is not a stuck one: the deadline
+  is on progress, not on how long a fragment takes. A worker that has not started its code within
+  ``max(stall_timeout, 60)`` s of its launch is reported the same way.
+
+No orphans: on Linux each worker asks the kernel for SIGKILL when the process that started it
+dies (``PR_SET_PDEATHSIG``; strictly, when the *thread* that started the workers, the one that
+first called ``next()``, exits), and every wait in a worker also checks its parent, so workers
+exit within about a second when the learner dies, whatever they are doing. Closing
+(``close(timeout=t)``, ``with``, garbage collection, interpreter exit) lets workers finish their
+fragment, then terminates those still running when ``t`` (default: the collector's ``timeout``)
+has passed, ``t`` in total however many are stuck, and frees every shared-memory buffer.
 """
 
 import atexit
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import signal
 import sys
+import tempfile
+import time
 import traceback
 from collections import deque
 from typing import Any, Callable, List, Optional, Union
@@ -41,20 +65,33 @@ import numpy as np
 import optree
 import torch
 
-from . import buffers, core
+from . import buffers, checks, core
 from .actor import Actor
+from .envs import is_factory
 from .errors import ActorContractError, ConfigurationError, WorkerError
 from .feed import Feed, close_all
 from .same import make_batch
-from .sync import WeightStore
+from .sync import WeightStore, WriterGone
 
-__all__ = ["rollout", "DEFAULT_START_METHOD"]
+__all__ = ["rollout", "DEFAULT_START_METHOD", "DEFAULT_STALL_TIMEOUT"]
 
 # spawn: a fresh interpreter per worker, safe whatever threads torch (OpenMP) or the user started
 # in the parent; fork copies such threads' locks in whatever state they were. forkserver is also
 # safe but leaves a server process behind, and workers must be the collector's only children.
 DEFAULT_START_METHOD = "spawn"
+DEFAULT_STALL_TIMEOUT = 60.0  # seconds without progress before a worker holding a slot is reported
 _POLL = 0.2  # seconds between liveness checks in every wait
+_DEPTH = 2  # slots a worker may hold: the one it fills and the next
+_BOOT = 60.0  # seconds a launched worker may take to start running our code (interpreter, imports)
+# What a worker is doing, in its progress record: (heartbeat, state).
+_LAUNCHED, _STARTING, _IDLE, _PULLING, _STEPPING = 0, 1, 2, 3, 4
+_DOING = {_LAUNCHED: "starting its interpreter", _STARTING: "starting (building and resetting its envs)",
+          _IDLE: "idle", _PULLING: "pulling weights", _STEPPING: "stepping envs"}
+_GUARD = (
+    'the main module starts the collector without an `if __name__ == "__main__":` guard; under the spawn start '
+    "method each worker imports the main module again and must not start collectors itself. Put the code that "
+    'starts the collector under the guard:\n\n    if __name__ == "__main__":\n        main()\n'
+)
 atexit.register(close_all)
 
 
@@ -87,15 +124,16 @@ def rollout(
     n_threads: int = 1,
     close: bool = True,
     timeout: float = 10.0,
+    stall_timeout: Optional[float] = DEFAULT_STALL_TIMEOUT,
 ) -> Feed:
     """Yield batches collected by a pool of worker processes.
 
     Parameters
     ----------
     factory : callable
-        ``factory()`` or ``factory(seed)`` returning a gymnasium (or legacy gym) env; sent to the
-        workers with cloudpickle, so lambdas and closures work with every start method. A factory
-        may return a batched env (a ``VectorEnv``, see :class:`rollout.envs.BatchedEnv`) of
+        ``factory()`` or ``factory(seed)`` returning a gymnasium (or legacy gym) env, or an env
+        class (called without arguments); sent to the workers with cloudpickle, so lambdas and
+        closures work with every start method. A factory may return a batched env (a ``VectorEnv``, see :class:`rollout.envs.BatchedEnv`) of
         ``n_per_actor`` envs: each worker then steps one such object.
     actor : Actor
         The learner's actor: copied into each worker; its weights are published at every
@@ -120,7 +158,7 @@ def rollout(
         each worker's stream is reproducible; the interleaving of workers is not.
     device : str or torch.device, optional
         Deliver batches on this device (through a pinned staging buffer and a non-blocking copy
-        for CUDA, synchronised before the staging buffer is reused).
+        for CUDA, synchronised before the staging buffer is reused). Checked to exist.
     pinned : bool
         Stage batches in pinned memory even without a CUDA ``device``.
     start_method : str, optional
@@ -132,7 +170,11 @@ def rollout(
     close : bool
         Close the workers' envs when the collector stops.
     timeout : float
-        Seconds to wait for a worker to stop before terminating it.
+        Seconds ``close()`` waits, in total, for the workers to stop before terminating them
+        (``feed.close(timeout=t)`` overrides it once).
+    stall_timeout : float or None
+        Seconds a worker holding a slot may go without progress (an env step, a weight copy)
+        before ``next()`` raises :class:`WorkerError`; None disables the check. Default 60.
 
     Yields
     ------
@@ -143,10 +185,12 @@ def rollout(
     Raises
     ------
     ConfigurationError, EnvError, ActorContractError
-        Before any worker starts: bad arguments, or a bad env or actor (checked on a probe env
-        built in this process).
+        Before any worker starts: bad arguments (including a device this machine lacks, or more
+        shared buffers than the file-descriptor limit allows), or a bad env or actor (checked by
+        stepping a probe env built in this process).
     WorkerError
-        From ``next()``: a worker raised (with its traceback) or died.
+        From ``next()``: a worker raised (with its traceback), died, or stalled (see the module
+        docstring).
 
     Examples
     --------
@@ -157,14 +201,17 @@ def rollout(
     """
     n_actors = _positive("n_actors", n_actors)
     seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(n_actors)
-    return _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers, seeds, sticky=sticky,
-                 device=device, pinned=pinned, start_method=start_method, env_info=env_info, n_threads=n_threads,
-                 close=close, timeout=timeout)
+    return pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers, seeds, sticky=sticky,
+                device=device, pinned=pinned, start_method=start_method, env_info=env_info, n_threads=n_threads,
+                close=close, timeout=timeout, stall_timeout=stall_timeout)
 
 
-def _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers, seeds, *, sticky, device, pinned,
-          start_method, env_info, n_threads, close, timeout) -> Feed:
-    """Validate everything in this process, then start the workers (shared by single and multi)."""
+def pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers, seeds, *, sticky, device, pinned,
+         start_method, env_info, n_threads, close, timeout, stall_timeout) -> Feed:
+    """The collector behind :func:`rollout` and :func:`rollout.single.rollout`, one seed per worker.
+
+    Validates everything in this process; the workers start at the first ``next()``.
+    """
     n_per_actor = _positive("n_per_actor", n_per_actor)
     n_per_batch = _positive("n_per_batch", n_per_batch)
     _positive("n_steps", n_steps)
@@ -177,19 +224,27 @@ def _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers
             f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
             f"{2 * n_per_batch} (one batch for the learner, one being filled); found n_buffers={n_buffers}"
         )
+    if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float))
+                                      or not stall_timeout > 0):
+        raise ConfigurationError(f"stall_timeout must be a positive number of seconds or None, found {stall_timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigurationError(f"timeout must be a non-negative number of seconds, found {timeout!r}")
     start_method = start_method or DEFAULT_START_METHOD
     if start_method not in multiprocessing.get_all_start_methods():
         raise ConfigurationError(f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}")
-    if not callable(factory) or hasattr(factory, "step"):
-        raise ConfigurationError(f"worker collectors need an env factory (a callable returning an env), found {type(factory).__name__}")
+    if not is_factory(factory):
+        raise ConfigurationError(
+            f"worker collectors need an env factory (an env class, or a callable returning an env), found {type(factory).__name__}"
+        )
     if not isinstance(actor, Actor):
         raise ActorContractError(f"expected an actor subclassing rollout.Actor, found {type(actor).__name__}")
+    device = checks.device(device)
     try:
         payload_factory, payload_actor = cloudpickle.dumps(factory), cloudpickle.dumps(actor)
     except Exception as error:
         raise ConfigurationError(f"the factory and the actor must be picklable with cloudpickle: {error}") from error
 
-    # Validate the env and the actor on a probe env built here, before any worker starts.
+    # Validate the env and the actor on a probe env built here and stepped in place, before any worker starts.
     probe = make_batch(factory, 1, 0)
     try:
         if probe.batched and len(probe) != n_per_actor:
@@ -197,48 +252,112 @@ def _pool(factory, actor, n_steps, n_actors, n_per_actor, n_per_batch, n_buffers
                 f"the factory returns a VectorEnv of {len(probe)} envs: each worker steps one, so n_per_actor must be "
                 f"{len(probe)}, found n_per_actor={n_per_actor}"
             )
-        spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info).spec
+        spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info, disposable=True).spec
     finally:
         probe.close()
     env_info = {key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()}
+    n_batches = n_buffers // n_per_batch
+    n_weights = len(actor.state_dict())
+    checks.file_descriptors(n_batches * len(buffers.leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2,
+                            4 * n_actors + 8, n_buffers)
 
-    device = torch.device(device) if device is not None else None
     context = torch.multiprocessing.get_context(start_method)
-    pool = _Pool(context, n_actors, n_per_actor, n_per_batch, n_buffers // n_per_batch, spec, n_steps, timeout)
-    pool.store = WeightStore(actor, context.Lock())
-    common = dict(factory=payload_factory, actor=payload_actor, store=pool.store, batches=pool.batches, jobs=pool.jobs,
-                  stop=pool.stop_event, n_steps=n_steps, n_per_actor=n_per_actor, n_per_batch=n_per_batch, sticky=sticky,
-                  env_info=env_info, n_threads=n_threads, close=close, batched=probe.batched)
-    return Feed(_generate(pool, actor, seeds, common, device, pinned))
+    pool = _Pool(context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout)
+    pool.store = WeightStore(actor)
+    common = dict(factory=payload_factory, actor=payload_actor, store=pool.store, batches=pool.batches,
+                  progress=pool.progress, stop=pool.stop_event, parent=os.getpid(), n_steps=n_steps,
+                  n_per_actor=n_per_actor, n_per_batch=n_per_batch, sticky=sticky, env_info=env_info,
+                  n_threads=n_threads, close=close, batched=probe.batched)
+    return Feed(_generate(pool, actor, seeds, common, device, pinned), on_close=pool.set_close_timeout)
 
 
 class _Pool:
-    """The processes, queues and shared buffers of one collector."""
+    """The processes, pipes and shared buffers of one collector, and the parent's side of the protocol.
 
-    def __init__(self, context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout):
-        self.context, self.n_actors, self.n_per_batch, self.timeout = context, n_actors, n_per_batch, timeout
+    The parent owns the free slots and hands them out; ``held[i]`` are the slots worker ``i`` was
+    given and has not reported yet, in order. ``progress[i] = (heartbeat, state)`` lives in shared
+    memory: the worker counts env steps and phase changes, the parent watches it for stalls.
+    """
+
+    def __init__(self, context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout):
+        self.context, self.n_actors, self.n_per_batch = context, n_actors, n_per_batch
+        self.timeout, self.stall_timeout = timeout, stall_timeout
         self.batches = [buffers.allocate(spec, n_steps, n_per_batch * n_per_actor, shared=True) for _ in range(n_batches)]
-        self.jobs = context.Queue()
+        self.progress = torch.zeros((n_actors, 2), dtype=torch.int64).share_memory_()
         self.stop_event = context.Event()
         self.processes: List[Any] = []
         self.pipes: List[Any] = []
+        self.stderr: List[Any] = []  # per worker: a file holding what it wrote before running our code
+        self.free: deque = deque()
+        self.held: List[deque] = [deque() for _ in range(n_actors)]
+        self.beat = [0] * n_actors  # last heartbeat seen
+        self.since = [0.0] * n_actors  # when it last changed (or the worker was given work)
+        self.next_worker = 0  # round robin among the least loaded
+        self.stalled: set = set()  # workers reported as stuck
+
+    def set_close_timeout(self, timeout: Optional[float]) -> None:
+        if timeout is not None:
+            self.timeout = timeout
 
     def start(self, seeds, common) -> None:
+        capture = self.context.get_start_method() == "spawn" and sys.platform != "win32"
         for index, seed in enumerate(seeds):
-            parent, child = self.context.Pipe(duplex=False)
-            process = self.context.Process(target=_worker_main, args=(index, seed, child, common), daemon=True,
+            parent, child = self.context.Pipe(duplex=True)
+            log, stderr = (tempfile.TemporaryFile(), _stderr_handle()) if capture else (None, None)
+            process = self.context.Process(target=_worker_main, args=(index, seed, child, common, stderr), daemon=True,
                                            name=f"rollout-worker-{index}")
-            process.start()
-            child.close()
+            try:
+                if log is None:
+                    process.start()
+                else:
+                    with _stderr_to(log):  # the child's stderr until it runs _worker_main, which restores ours
+                        process.start()
+            except BaseException:
+                for end in (parent, log):
+                    if end is not None:
+                        end.close()
+                raise
+            finally:
+                child.close()
+                if stderr is not None:
+                    stderr.close()
             self.processes.append(process)
             self.pipes.append(parent)
+            self.stderr.append(log)
+            self.since[index] = time.monotonic()
 
-    def receive(self) -> tuple:
-        """The next message from any worker; raises WorkerError for a failure or a death.
+    # ------------------------------------------------------------------------------- slots
+    def release(self, slots) -> None:
+        """Make ``slots`` free and hand out what can be handed out."""
+        self.free.extend(slots)
+        self.hand_out()
 
-        A dead worker is reported even while the others keep delivering.
+    def hand_out(self) -> None:
+        """Give free slots to the workers holding the fewest, up to ``_DEPTH`` each."""
+        while self.free:
+            order = [(self.next_worker + k) % self.n_actors for k in range(self.n_actors)]
+            index = min(order, key=lambda i: len(self.held[i]))
+            if len(self.held[index]) >= _DEPTH:
+                return
+            slot = self.free.popleft()
+            if not self.held[index]:  # its clock starts now: it was idle, which is no stall
+                self.since[index] = time.monotonic()
+                self.beat[index] = int(self.progress[index, 0])
+            self.held[index].append(slot)
+            self.next_worker = (index + 1) % self.n_actors
+            try:
+                self.pipes[index].send(slot)
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._raise_for(index)
+
+    # ------------------------------------------------------------------------------- waiting
+    def receive(self) -> int:
+        """The next slot a worker filled; raises WorkerError for a failure, a death or a stall.
+
+        A dead or stalled worker is reported even while the others keep delivering.
         """
         while True:
+            self._check_stalls()
             ready = multiprocessing.connection.wait(self.pipes + [p.sentinel for p in self.processes], _POLL)
             for index, process in enumerate(self.processes):
                 if process.sentinel in ready:
@@ -248,10 +367,41 @@ class _Pool:
                     try:
                         message = pipe.recv()
                     except (EOFError, OSError):  # it died; under forkserver its exit shows up later
-                        self._raise_for(index, wait=self.timeout)
+                        self._raise_for(index, wait=max(self.timeout, 1.0))
                     if message[0] == "error":
-                        raise WorkerError(f"worker {index} failed:\n{message[1]}")
-                    return message
+                        raise WorkerError(f"worker {index} (pid {self.processes[index].pid}) failed:\n{message[1]}")
+                    slot = message[1]
+                    if not self.held[index] or self.held[index][0] != slot:
+                        raise WorkerError(f"worker {index} reported slot {slot}, but holds {list(self.held[index])}")
+                    self.held[index].popleft()
+                    self.since[index] = time.monotonic()
+                    self.beat[index] = int(self.progress[index, 0])
+                    self.hand_out()
+                    return slot
+
+    def _check_stalls(self) -> None:
+        if self.stall_timeout is None:
+            return
+        now = time.monotonic()
+        for index in range(self.n_actors):
+            beat, state = (int(x) for x in self.progress[index])
+            if beat != self.beat[index]:
+                self.beat[index], self.since[index] = beat, now
+                continue
+            if not self.held[index] and state != _LAUNCHED:
+                continue  # idle, and nobody waits for it
+            limit = max(self.stall_timeout, _BOOT) if state == _LAUNCHED else self.stall_timeout
+            if now - self.since[index] > limit:
+                process = self.processes[index]
+                if not process.is_alive():
+                    self._raise_for(index)
+                self.stalled.add(index)  # shutdown will not wait for it
+                raise WorkerError(
+                    f"worker {index} (pid {process.pid}) made no progress for {now - self.since[index]:.1f} s while "
+                    f"{_DOING[state]}, holding fragment slot(s) {list(self.held[index])} (stall_timeout={self.stall_timeout} "
+                    f"s). It is alive but stuck or stopped: an env or simulator that hangs in step/reset, a debugger, "
+                    f"SIGSTOP. If its envs can legitimately pause for longer, raise stall_timeout (None disables the check)."
+                )
 
     def _raise_for(self, index: int, wait: float = 1.0) -> None:
         """Raise the error a dead worker reported, or say how it died (waiting up to ``wait`` s)."""
@@ -260,38 +410,94 @@ class _Pool:
             while pipe.poll():
                 message = pipe.recv()
                 if message[0] == "error":
-                    raise WorkerError(f"worker {index} failed:\n{message[1]}")
+                    raise WorkerError(f"worker {index} (pid {process.pid}) failed:\n{message[1]}")
         except (EOFError, OSError):
             pass
         process.join(wait)  # reap it, so that exitcode is known
         code = process.exitcode
         how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
-        raise WorkerError(f"worker {index} (pid {process.pid}) {how} without reporting an error")
+        state = int(self.progress[index, 1])
+        message = f"worker {index} (pid {process.pid}) {how} while {_DOING[state]}, without reporting an error"
+        tail = _tail(self.stderr[index]) if state == _LAUNCHED else ""
+        if tail:
+            message += f"; the end of its stderr:\n\n{tail}"
+            if "bootstrapping phase" in tail:
+                message += f"\n\nThe cause: {_GUARD}"
+        raise WorkerError(message)
 
+    # ------------------------------------------------------------------------------- closing
     def shutdown(self) -> None:
+        """Stop every worker within ``self.timeout`` seconds in total, then free everything."""
+        deadline = time.monotonic() + self.timeout
         self.stop_event.set()
-        for _ in self.processes:
+        for index in self.stalled:
+            self.processes[index].kill()  # stuck or stopped: it would not exit by itself
+        for pipe in self.pipes:
             try:
-                self.jobs.put_nowait(None)
+                pipe.send(None)
             except Exception:
                 pass
         for process in self.processes:
-            process.join(self.timeout)
-        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        stuck = [p for p in self.processes if p.is_alive()]
+        for process in stuck:
+            process.terminate()
+        end = time.monotonic() + 0.5
+        for process in stuck:
+            process.join(max(0.0, end - time.monotonic()))
+        for process in stuck:
             if process.is_alive():
-                process.terminate()
-                process.join(1.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
+                process.kill()  # SIGKILL also ends a stopped process
+        for process in stuck:
+            process.join(1.0)
         for pipe in self.pipes:
             pipe.close()
-        self.jobs.cancel_join_thread()
-        self.jobs.close()
+        for log in self.stderr:
+            if log is not None:
+                log.close()
         # Named semaphores (spawn/forkserver) are unlinked when their objects are collected: drop
         # every reference now, even if a traceback keeps this object alive.
-        self.processes, self.pipes, self.batches = [], [], []
-        self.jobs = self.stop_event = self.store = None
+        self.processes, self.pipes, self.batches, self.stderr = [], [], [], []
+        self.stop_event = self.store = self.progress = None
+
+
+class _stderr_to:
+    """Point this process's file descriptor 2 at ``file`` for the ``with`` block (for a child to inherit)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        for stream in (sys.stderr, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+def _stderr_handle():
+    """This process's stderr as a picklable handle: a spawned child receives a duplicate of the descriptor."""
+    return multiprocessing.connection.Connection(os.dup(2), readable=False, writable=True)
+
+
+def _tail(log, size: int = 4000, lines: int = 25) -> str:
+    """The last ``lines`` lines of a captured stderr file."""
+    if log is None:
+        return ""
+    try:
+        log.flush()
+        length = log.seek(0, os.SEEK_END)
+        log.seek(max(0, length - size))
+        text = log.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
@@ -300,23 +506,19 @@ def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
         pool.store.publish(actor)  # version 0: the weights as they are at the first next()
         pool.start(seeds, common)
         n_batches, n_per_batch = len(pool.batches), pool.n_per_batch
-        for slot in range(n_batches * n_per_batch):
-            pool.jobs.put(slot)
+        pool.release(range(n_batches * n_per_batch))
         filled = [0] * n_batches
         ready, held = deque(), None
         while True:
             if held is not None:
                 pool.store.publish(actor)
                 filled[held] = 0
-                for k in range(n_per_batch):
-                    pool.jobs.put(held * n_per_batch + k)
+                pool.release(range(held * n_per_batch, (held + 1) * n_per_batch))
             while not ready:
-                message = pool.receive()
-                if message[0] == "done":
-                    batch = message[1] // n_per_batch
-                    filled[batch] += 1
-                    if filled[batch] == n_per_batch:
-                        ready.append(batch)
+                batch = pool.receive() // n_per_batch
+                filled[batch] += 1
+                if filled[batch] == n_per_batch:
+                    ready.append(batch)
             held = ready.popleft()
             batch = pool.batches[held]
             if device is None or (device.type == "cpu" and not pinned):
@@ -336,17 +538,39 @@ def _generate(pool: _Pool, actor: Actor, seeds, common, device, pinned):
                 yield staging
     finally:
         pool.shutdown()
-        common.clear()  # it holds the queue, the event and the store's lock too
+        common.clear()  # it holds the event and the store too
 
 
-def _worker_main(*args) -> None:
+# ----------------------------------------------------------------------------------- the worker
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when the learner dies; exit now if it already has.
+
+    Only where the learner is this process's parent (spawn, fork); under forkserver the parent is
+    the server, and the workers' waits check the learner instead.
+    """
+    if os.getppid() != parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(0)
+
+
+def _worker_main(index, seed, pipe, common, stderr) -> None:
     """The worker process: :func:`_work`, then exit without the interpreter's teardown.
 
     The worker has cleaned up (envs closed, pipe closed) and sends nothing more; skipping the
     teardown (module and torch finalisers) makes ``close()`` under spawn about 0.4 s faster.
     """
     try:
-        _work(*args)
+        if stderr is not None:  # our code runs: back to the parent's stderr
+            sys.stderr.flush()
+            os.dup2(stderr.fileno(), 2)
+            stderr.close()
+        _work(index, seed, pipe, common)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -357,8 +581,22 @@ def _worker_main(*args) -> None:
 
 
 def _work(index: int, seed, pipe, common: dict) -> None:
-    """A worker's main loop: take a free slot, pull weights if they changed, collect, report."""
+    """A worker's main loop: wait for a slot, pull weights if they changed, collect, report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    parent = common["parent"]
+    _die_with_parent(parent)
+    progress = common["progress"].numpy()[index]  # (heartbeat, state), shared with the parent
+
+    def mark(state: int) -> None:
+        progress[1] = state
+        progress[0] += 1
+
+    learner = multiprocessing.parent_process()  # its sentinel closes when the learner dies
+
+    def alive() -> bool:
+        return learner is None or learner.is_alive()
+
+    mark(_STARTING)
     torch.set_num_threads(common["n_threads"])
     batch = None
     try:
@@ -370,24 +608,32 @@ def _work(index: int, seed, pipe, common: dict) -> None:
             buffers.narrow(b, k * n_per_actor, n_per_actor) for b in common["batches"] for k in range(n_per_batch)
         ]
         batch = make_batch(factory, 1 if common["batched"] else n_per_actor, seed)  # a VectorEnv is the worker's batch
+        mark(_STARTING)
         context = core.startup(batch, actor, common["n_steps"], sticky=common["sticky"], seed=seed,
                                env_info=common["env_info"])
-        store, jobs, stop = common["store"], common["jobs"], common["stop"]
-        parent = multiprocessing.parent_process()
+        context.worker, context.progress = index, progress[0:1]
+        store, stop = common["store"], common["stop"]
         have = -1
-        while not stop.is_set():
-            try:
-                slot = jobs.get(timeout=_POLL)
-            except queue.Empty:
-                if parent is not None and not parent.is_alive():
+        while True:
+            mark(_IDLE)
+            if not pipe.poll(_POLL):
+                if stop.is_set() or not alive():
                     break
                 continue
-            if slot is None:
+            try:
+                slot = pipe.recv()
+            except EOFError:  # the parent closed its end
                 break
-            have = store.pull(actor, have)
+            if slot is None or stop.is_set():
+                break
+            mark(_PULLING)
+            have = store.pull(actor, have, alive)
+            mark(_STEPPING)
             context.version = have
             core.collect(context, slots[slot])
-            pipe.send(("done", slot, index))
+            pipe.send(("done", slot))
+    except WriterGone:
+        pass  # the learner died while publishing: nobody to report to
     except BaseException:
         try:
             pipe.send(("error", traceback.format_exc()))

@@ -6,9 +6,9 @@ import numpy as np
 import optree
 import torch
 
-from . import core
+from . import checks, core
 from .actor import Actor
-from .envs import BatchedEnv, EnvList, adapt, env_seeds, is_batched, make_env
+from .envs import BatchedEnv, EnvList, adapt, env_seeds, is_batched, is_factory, make_env
 from .errors import ConfigurationError
 from .feed import Feed
 from .fragment import Fragment
@@ -33,7 +33,7 @@ def make_batch(
         return EnvList(list(envs), owned=False)
     if is_batched(envs):
         return BatchedEnv(envs, owned=False)
-    if callable(envs) and not hasattr(envs, "step"):
+    if is_factory(envs):
         if n_envs is None:
             raise ConfigurationError("n_envs is required with an env factory")
         if not isinstance(n_envs, int) or n_envs < 1:
@@ -109,13 +109,13 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
+    device = checks.device(device)
     batch = make_batch(envs, n_envs, seed)
     try:
         context = core.startup(batch, actor, n_steps, sticky=sticky, seed=seed, env_info=env_info)
     except BaseException:
         batch.close()
         raise
-    device = torch.device(device) if device is not None else None
     to_cuda = device is not None and device.type != "cpu"
     return Feed(_generate(context, device, pinned or to_cuda))
 

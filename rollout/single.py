@@ -19,7 +19,7 @@ import torch
 
 from .actor import Actor
 from .feed import Feed
-from .multi import _pool
+from .multi import DEFAULT_STALL_TIMEOUT, pool
 
 __all__ = ["rollout"]
 
@@ -39,6 +39,7 @@ def rollout(
     n_threads: int = 1,
     close: bool = True,
     timeout: float = 10.0,
+    stall_timeout: Optional[float] = DEFAULT_STALL_TIMEOUT,
 ) -> Feed:
     """Yield fragments collected by one worker process while the learner trains.
 
@@ -52,7 +53,7 @@ def rollout(
         ``T``, steps per fragment.
     n_envs : int
         ``B``, envs stepped by the worker.
-    sticky, seed, device, pinned, start_method, env_info, n_threads, close, timeout
+    sticky, seed, device, pinned, start_method, env_info, n_threads, close, timeout, stall_timeout
         As for :func:`rollout.multi.rollout`; ``seed`` seeds the envs exactly as
         :func:`rollout.same.rollout` does.
 
@@ -67,5 +68,6 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
-    return _pool(factory, actor, n_steps, 1, n_envs, 1, 2, [seed], sticky=sticky, device=device, pinned=pinned,
-                 start_method=start_method, env_info=env_info, n_threads=n_threads, close=close, timeout=timeout)
+    return pool(factory, actor, n_steps, 1, n_envs, 1, 2, [seed], sticky=sticky, device=device, pinned=pinned,
+                 start_method=start_method, env_info=env_info, n_threads=n_threads, close=close, timeout=timeout,
+                 stall_timeout=stall_timeout)

@@ -1,16 +1,35 @@
-"""A versioned weight store in shared memory: the learner publishes, workers pull.
+"""A versioned weight store in shared memory: the learner publishes, workers pull, nobody locks.
 
 ``publish`` copies every parameter and persistent buffer of the learner's module into
-preallocated shared tensors (one ``copy_`` per tensor, no pickling) and bumps the version;
-``pull`` copies them into a worker's module only when the version changed. Both hold a
-process-shared lock while copying, so a worker never reads a half-written set of weights.
+preallocated shared tensors (one ``copy_`` per tensor, no pickling); ``pull`` copies them into a
+worker's module only when the version changed. There is no lock a dead process could keep: the
+store is a *sequence lock*. A sequence counter is odd while the (single) writer copies and even
+otherwise; a reader copies, then re-reads the counter and starts again if it changed or was odd,
+so it never keeps a half-written set of weights, and a writer never waits for readers. A reader
+killed in the middle of a copy blocks nobody; a writer killed in the middle leaves the counter odd,
+and readers wait for it only while ``alive()`` says their learner lives.
+
+Ordering: the counter and the tensors are plain stores to shared memory. The writer's stores
+become visible in program order on x86-64 (TSO); elsewhere the interpreter's and torch's own
+atomics between the copies act as the fences a sequence lock needs. The torn-read test checks it
+at 5M parameters.
+
+``_write`` and ``_read`` are the two copy loops, the only code that runs inside the critical
+section; tests replace them to inject faults there.
 """
 
-from typing import Any, Dict
+import time
+from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["WeightStore"]
+__all__ = ["WeightStore", "WriterGone"]
+
+_BACKOFF = 5e-4  # seconds a reader sleeps before it retries behind a writer
+
+
+class WriterGone(RuntimeError):
+    """``pull`` gave up: the writer is gone (``alive()`` returned False) while the store was unstable."""
 
 
 def _tensors(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -19,43 +38,65 @@ def _tensors(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 class WeightStore:
-    """Shared copy of a module's weights with a version counter.
+    """Shared copy of a module's weights with a version counter (a sequence lock, one writer).
 
     Parameters
     ----------
     module : torch.nn.Module
         The learner's module; its current weights are held (as version -1) until the first
         :meth:`publish`, which is version 0.
-    lock : multiprocessing lock
-        A lock from the multiprocessing context the workers use.
+
+    The store is shared with worker processes by pickling it through ``multiprocessing`` (its
+    tensors live in shared memory). Exactly one process may :meth:`publish`.
     """
 
-    def __init__(self, module: torch.nn.Module, lock: Any):
-        self.lock = lock
+    def __init__(self, module: torch.nn.Module):
         with torch.no_grad():
             self.tensors = {name: t.detach().to("cpu", copy=True).share_memory_() for name, t in _tensors(module).items()}
-        self.counter = torch.full((1,), -1, dtype=torch.int64).share_memory_()
+        # sequence: 2 * (version + 1) when stable, odd while the writer copies.
+        self.sequence = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property
     def version(self) -> int:
-        """The version of the last publish: 0 for the first, -1 before it."""
-        return int(self.counter[0])
+        """The version of the last complete publish: 0 for the first, -1 before it."""
+        return int(self.sequence[0]) // 2 - 1
 
     def publish(self, module: torch.nn.Module) -> int:
-        """Copy ``module``'s weights into the store; returns the new version."""
+        """Copy ``module``'s weights into the store; returns the new version. Never waits."""
         sources = _tensors(module)
-        with torch.no_grad(), self.lock:
-            for name, dst in self.tensors.items():
-                dst.copy_(sources[name].detach())
-            self.counter += 1
-            return int(self.counter[0])
+        start = int(self.sequence[0])
+        with torch.no_grad():
+            self.sequence[0] = start + 1  # odd: readers will not keep what they copy now
+            self._write(sources)
+            self.sequence[0] = start + 2
+        return (start + 2) // 2 - 1
 
-    def pull(self, module: torch.nn.Module, have: int) -> int:
-        """Load the store into ``module`` if its version differs from ``have``; returns the version held."""
-        if int(self.counter[0]) == have:  # the common case: no lock, no copy
-            return have
+    def pull(self, module: torch.nn.Module, have: int, alive: Optional[Callable[[], bool]] = None) -> int:
+        """Load the store into ``module`` if its version differs from ``have``; returns the version held.
+
+        Retries while the writer is copying. Raises :class:`WriterGone` if ``alive()`` (checked
+        between retries) returns False, so a reader never waits forever on a dead writer.
+        """
         targets = _tensors(module)
-        with torch.no_grad(), self.lock:
-            for name, src in self.tensors.items():
-                targets[name].copy_(src)
-            return int(self.counter[0])
+        while True:
+            start = int(self.sequence[0])
+            if start % 2 == 0:
+                if start // 2 - 1 == have:  # the common case: nothing new, no copy
+                    return have
+                with torch.no_grad():
+                    self._read(targets)
+                if int(self.sequence[0]) == start:
+                    return start // 2 - 1
+            if alive is not None and not alive():
+                raise WriterGone("the process publishing the weights is gone")
+            time.sleep(_BACKOFF)
+
+    def _write(self, sources: Dict[str, torch.Tensor]) -> None:
+        """The writer's copy loop (the sequence is odd meanwhile)."""
+        for name, dst in self.tensors.items():
+            dst.copy_(sources[name].detach())
+
+    def _read(self, targets: Dict[str, torch.Tensor]) -> None:
+        """A reader's copy loop; kept only if the sequence did not change meanwhile."""
+        for name, src in self.tensors.items():
+            targets[name].copy_(src)

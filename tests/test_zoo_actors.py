@@ -3,7 +3,6 @@
 import copy
 import itertools
 import math
-import threading
 
 import gymnasium
 import numpy as np
@@ -36,7 +35,7 @@ def step(actor, obs, *, hx=None):
 
 def synced_copy(source, fresh):
     """``fresh`` after a publish of ``source`` and a pull through the collectors' weight store."""
-    store = WeightStore(source, threading.Lock())
+    store = WeightStore(source)
     store.publish(source)
     store.pull(fresh, -1)
     return fresh
