@@ -284,6 +284,7 @@ class _Pool:
         self.timeout, self.stall_timeout = timeout, stall_timeout
         self.batches = [buffers.allocate(spec, n_steps, n_per_batch * n_per_actor, shared=True) for _ in range(n_batches)]
         self.progress = torch.zeros((n_actors, 2), dtype=torch.int64).share_memory_()
+        self.watch = self.progress.numpy()  # the parent's cheap view of it
         self.stop_event = context.Event()
         self.processes: List[Any] = []
         self.pipes: List[Any] = []
@@ -342,7 +343,7 @@ class _Pool:
             slot = self.free.popleft()
             if not self.held[index]:  # its clock starts now: it was idle, which is no stall
                 self.since[index] = time.monotonic()
-                self.beat[index] = int(self.progress[index, 0])
+                self.beat[index] = int(self.watch[index, 0])
             self.held[index].append(slot)
             self.next_worker = (index + 1) % self.n_actors
             try:
@@ -375,7 +376,7 @@ class _Pool:
                         raise WorkerError(f"worker {index} reported slot {slot}, but holds {list(self.held[index])}")
                     self.held[index].popleft()
                     self.since[index] = time.monotonic()
-                    self.beat[index] = int(self.progress[index, 0])
+                    self.beat[index] = int(self.watch[index, 0])
                     self.hand_out()
                     return slot
 
@@ -384,7 +385,7 @@ class _Pool:
             return
         now = time.monotonic()
         for index in range(self.n_actors):
-            beat, state = (int(x) for x in self.progress[index])
+            beat, state = int(self.watch[index, 0]), int(self.watch[index, 1])
             if beat != self.beat[index]:
                 self.beat[index], self.since[index] = beat, now
                 continue
@@ -416,7 +417,7 @@ class _Pool:
         process.join(wait)  # reap it, so that exitcode is known
         code = process.exitcode
         how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
-        state = int(self.progress[index, 1])
+        state = int(self.watch[index, 1])
         message = f"worker {index} (pid {process.pid}) {how} while {_DOING[state]}, without reporting an error"
         tail = _tail(self.stderr[index]) if state == _LAUNCHED else ""
         if tail:
@@ -458,7 +459,7 @@ class _Pool:
         # Named semaphores (spawn/forkserver) are unlinked when their objects are collected: drop
         # every reference now, even if a traceback keeps this object alive.
         self.processes, self.pipes, self.batches, self.stderr = [], [], [], []
-        self.stop_event = self.store = self.progress = None
+        self.stop_event = self.store = self.progress = self.watch = None
 
 
 class _stderr_to:
