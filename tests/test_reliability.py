@@ -7,7 +7,6 @@ Every test bounds its time and checks that nothing is left behind: no child proc
 in a subprocess, no process at all carrying the script's environment marker.
 """
 
-import gc
 import multiprocessing
 import os
 import re
@@ -26,6 +25,7 @@ from rollout import multi, same, single
 from rollout.errors import ConfigurationError, EnvError, WorkerError
 from rollout.sync import WeightStore
 from tests import faults
+from tests.leaks import alive, children, shm
 from tests.toys import Corridor, Feedforward, Switch, Tagged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,39 +33,6 @@ STALL = 1.0  # stall_timeout used by the tests, seconds
 
 
 # ----------------------------------------------------------------------------------- helpers
-def children():
-    """Pids of this process's live children (from /proc), without Python's resource tracker."""
-    found = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:
-            with open(f"/proc/{os.getpid()}/task/{task}/children") as file:
-                found |= {int(pid) for pid in file.read().split()}
-        except FileNotFoundError:  # a thread ended meanwhile
-            pass
-    return {pid for pid in found if alive(pid) and b"resource_tracker" not in cmdline(pid)}
-
-
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read()
-    except OSError:
-        return b""
-
-
-def alive(pid):
-    """Whether ``pid`` is a running process (a zombie is dead: it only waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def shm():
-    return set(os.listdir("/dev/shm"))
-
-
 def wait_for(condition, timeout, interval=0.02):
     """Poll ``condition()`` until it is truthy or ``timeout`` s have passed; returns its last value."""
     deadline = time.monotonic() + timeout
@@ -99,20 +66,6 @@ def marked(mark):
         except OSError:  # gone, or not ours
             pass
     return found
-
-
-@pytest.fixture
-def clean():
-    """Assert the test leaves no child process and no shared-memory file behind."""
-    before_children, before_shm = children(), shm()
-    yield
-    deadline = time.monotonic() + 5
-    while (children() - before_children or shm() - before_shm) and time.monotonic() < deadline:
-        gc.collect()  # named semaphores are unlinked when their objects are collected
-        time.sleep(0.05)
-    assert multiprocessing.active_children() == []
-    assert children() - before_children == set()
-    assert shm() - before_shm == set()
 
 
 @pytest.fixture

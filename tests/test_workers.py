@@ -1,6 +1,5 @@
 """Worker collectors: single (double-buffered) and multi (load-balanced), weight sync, failures."""
 
-import gc
 import itertools
 import multiprocessing
 import os
@@ -19,52 +18,10 @@ import rollout
 from rollout import multi, same, single
 from rollout.errors import ConfigurationError, EnvError, WorkerError
 from tests.test_actor import WrongDtype
+from tests.leaks import children, shm
 from tests.toys import BatchedCorridor, Corridor, Counter, FailingActor, FailsInWorker, Feedforward, Nested, NestedActor, Slow, Switch, Tagged, in_worker
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def children():
-    """Pids of this process's live children (from /proc)."""
-    found = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:
-            with open(f"/proc/{os.getpid()}/task/{task}/children") as file:
-                found |= {int(pid) for pid in file.read().split()}
-        except FileNotFoundError:  # a thread (e.g. a queue's feeder) ended meanwhile
-            pass
-    alive = set()
-    for pid in found:
-        try:
-            with open(f"/proc/{pid}/stat") as file:
-                zombie = file.read().split()[2] == "Z"
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                # Python's own resource tracker (started once by spawn's semaphores) and forkserver
-                # server are no workers (forkserver's workers are the server's children)
-                cmdline = file.read()
-                tracker = b"resource_tracker" in cmdline or b"forkserver" in cmdline
-        except FileNotFoundError:
-            continue
-        if not zombie and not tracker:
-            alive.add(pid)
-    return alive
-
-
-def shm():
-    return set(os.listdir("/dev/shm"))
-
-
-@pytest.fixture
-def clean():
-    """Assert a test leaves no child process and no shared-memory file behind."""
-    before_children, before_shm = children(), shm()
-    yield
-    deadline = time.monotonic() + 5
-    while (children() - before_children or shm() - before_shm) and time.monotonic() < deadline:
-        gc.collect()  # named semaphores are unlinked when their objects are collected
-        time.sleep(0.05)
-    assert children() - before_children == set()
-    assert shm() - before_shm == set()
 
 
 def leaves_equal(a, b, skip_version=True):
