@@ -123,10 +123,10 @@ _PROFILE = r"""
 import json, sys, time
 t = {"start": float(sys.argv[1]), "interpreter": time.time()}
 import torch; torch.set_num_threads(1); t["import_torch"] = time.time()
-import cloudpickle, rollout.multi; from rollout import core, same; t["import_rollout_gymnasium"] = time.time()
+import cloudpickle, rollout.multi, rollout.envs; from rollout import core, same; t["import_rollout_gymnasium"] = time.time()
 import gymnasium; from zoo.actors import CategoricalMLP; t["import_actor_module"] = time.time()
 import benchmarks.lifecycle; t["import_main_module"] = time.time()  # spawn re-imports the parent's __main__
-batch = same.make_batch(lambda: gymnasium.make("CartPole-v1"), 8, 0)
+batch = rollout.envs.make_batch(lambda: gymnasium.make("CartPole-v1"), 8, 0)
 context = core.startup(batch, CategoricalMLP(4, 2), 128, seed=0); t["build_envs_startup"] = time.time()
 core.collect(context, context.allocate()); t["collect_fragment"] = time.time()
 print(json.dumps(t), flush=True)

@@ -30,6 +30,8 @@ __all__ = [
     "BatchedEnv",
     "adapt",
     "make_env",
+    "make_batch",
+    "is_factory",
     "is_batched",
     "env_seeds",
     "Layout",
@@ -493,3 +495,43 @@ def _warn_no_probe() -> None:
         "Pass env_info=... to declare the keys.",
         stacklevel=4,
     )
+
+
+def make_batch(
+    envs: Union[Callable, Sequence[Any], Any],
+    n_envs: Optional[int],
+    seed: Union[None, int, np.random.SeedSequence],
+) -> Union[EnvList, BatchedEnv]:
+    """Build a batch of envs from a factory, a list of envs, or one batched env.
+
+    A factory is called ``n_envs`` times as ``factory(seed)`` (or ``factory()``), each with its
+    own seed derived from ``seed``; those envs are owned (closed with the collector). A factory
+    that returns a gymnasium ``VectorEnv`` is called once and must not be given ``n_envs > 1``.
+    """
+    if isinstance(envs, (list, tuple)):
+        if n_envs is not None and n_envs != len(envs):
+            raise ConfigurationError(f"n_envs={n_envs} does not match the {len(envs)} envs given")
+        return EnvList(list(envs), owned=False)
+    if is_batched(envs):
+        return BatchedEnv(envs, owned=False)
+    if is_factory(envs):
+        if n_envs is None:
+            raise ConfigurationError("n_envs is required with an env factory")
+        if not isinstance(n_envs, int) or n_envs < 1:
+            raise ConfigurationError(f"n_envs must be a positive int, found {n_envs!r}")
+        seeds = env_seeds(np.random.SeedSequence(seed).spawn(1)[0] if not isinstance(seed, np.random.SeedSequence) else seed.spawn(1)[0], n_envs)
+        built = []
+        try:
+            for s in seeds:
+                env = make_env(envs, s)
+                if is_batched(env):
+                    if n_envs != 1:
+                        raise ConfigurationError(f"the factory returned a VectorEnv; pass n_envs=1 (found n_envs={n_envs})")
+                    return BatchedEnv(env, owned=True)
+                built.append(env)
+        except BaseException:
+            for env in built:
+                env.close()
+            raise
+        return EnvList(built, owned=True)
+    return EnvList([adapt(envs)], owned=False)

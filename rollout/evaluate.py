@@ -9,7 +9,7 @@ import torch
 from . import core
 from .actor import Actor
 from .errors import ConfigurationError
-from .same import make_batch
+from .envs import make_batch
 
 __all__ = ["evaluate", "Evaluation"]
 

@@ -19,7 +19,7 @@ import torch
 
 from .actor import Actor
 from .feed import Feed
-from .multi import DEFAULT_STALL_TIMEOUT, pool
+from .pool import DEFAULT_STALL_TIMEOUT, collector
 
 __all__ = ["rollout"]
 
@@ -68,6 +68,6 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
-    return pool(factory, actor, n_steps, 1, n_envs, 1, 2, [seed], sticky=sticky, device=device, pinned=pinned,
-                 start_method=start_method, env_info=env_info, n_threads=n_threads, close=close, timeout=timeout,
-                 stall_timeout=stall_timeout)
+    return collector(factory, actor, n_steps=n_steps, n_actors=1, n_per_actor=n_envs, n_per_batch=1, n_buffers=2,
+                     seeds=[seed], sticky=sticky, device=device, pinned=pinned, start_method=start_method,
+                     env_info=env_info, n_threads=n_threads, close=close, timeout=timeout, stall_timeout=stall_timeout)

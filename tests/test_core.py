@@ -143,8 +143,8 @@ def test_reproducible_with_the_same_seed():
 
 
 def test_collect_rejects_a_foreign_buffer():
-    context = core.startup(same.make_batch([Corridor()], None, 0), Counter(), T)
-    other = core.startup(same.make_batch([Corridor(), Corridor()], None, 0), Counter(), T)
+    context = core.startup(rollout.envs.make_batch([Corridor()], None, 0), Counter(), T)
+    other = core.startup(rollout.envs.make_batch([Corridor(), Corridor()], None, 0), Counter(), T)
     with pytest.raises(rollout.errors.ConfigurationError, match="buffer"):
         core.collect(context, other.allocate())
 
