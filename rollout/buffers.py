@@ -9,13 +9,13 @@ episode returns float64 and lengths int64; observations and actions keep the dty
 spaces; actor outputs keep the dtypes the actor returns.
 """
 
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 import optree
 import torch
 
-from .fragment import Final, Fragment, State
+from .fragment import Final, Fragment
 
 __all__ = ["allocate", "numpy_view", "narrow"]
 
@@ -78,23 +78,6 @@ def narrow(fragment: Fragment, start: int, length: int) -> Fragment:
 def numpy_view(tensor: torch.Tensor) -> np.ndarray:
     """A numpy array sharing the memory of a CPU tensor."""
     return tensor.numpy()
-
-
-def leaves(tree: Any) -> List[Any]:
-    return optree.tree_leaves(tree)
-
-
-def state_spec(obs: List[torch.Tensor], act: List[torch.Tensor], obs_spec, act_spec) -> State:
-    """Example ``State`` for one row and column from flat obs and action examples."""
-    one = (1, 1)
-    return State(
-        stepno=torch.zeros(one, dtype=torch.int64),
-        obs=optree.tree_unflatten(obs_spec, obs),
-        act=optree.tree_unflatten(act_spec, act),
-        rew=torch.zeros(one, dtype=torch.float32),
-        fin=torch.zeros(one, dtype=torch.bool),
-        terminated=torch.zeros(one, dtype=torch.bool),
-    )
 
 
 def final_spec(obs: Any, actor: Any) -> Final:

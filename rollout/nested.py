@@ -5,31 +5,13 @@ and namedtuple. The structure is flattened once at set-up; the per-step loop the
 lists of leaves and compares tree specs (a cheap C++ comparison) to catch structure changes.
 """
 
-from typing import Any, Callable, List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 import optree
 import torch
 
-__all__ = ["flatten", "unflatten", "paths", "path_str", "tree_map", "leaf_spaces", "map_space"]
-
-NONE_IS_LEAF = False
-
-
-def flatten(tree: Any) -> Tuple[List[Any], optree.PyTreeSpec]:
-    """Leaves and spec of ``tree`` (``None`` is an empty subtree)."""
-    return optree.tree_flatten(tree)
-
-
-def unflatten(spec: optree.PyTreeSpec, leaves: List[Any]) -> Any:
-    """Rebuild a structure of ``spec`` from ``leaves``."""
-    return optree.tree_unflatten(spec, leaves)
-
-
-def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
-    """Map ``fn`` over the leaves of ``tree`` (and of ``rest``, which share its structure)."""
-    return optree.tree_map(fn, tree, *rest)
-
+__all__ = ["paths", "path_str", "leaf_spaces", "map_space", "torch_dtype"]
 
 def paths(spec: optree.PyTreeSpec) -> List[str]:
     """Readable paths of the leaves of ``spec``, e.g. ``["['pos'][0]", "['vel']"]``."""

@@ -188,7 +188,7 @@ def collector(
     env_info = {key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()}
     n_batches = n_buffers // n_per_batch
     n_weights = len(actor.state_dict())
-    checks.file_descriptors(n_batches * len(buffers.leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2,
+    checks.file_descriptors(n_batches * len(optree.tree_leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2,
                             4 * n_actors + 8, n_buffers)
 
     context = torch.multiprocessing.get_context(start_method)
