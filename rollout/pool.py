@@ -53,7 +53,7 @@ from . import buffers, checks, core
 from .actor import Actor
 from .envs import is_factory, make_batch
 from .errors import ActorContractError, ConfigurationError, WorkerError
-from .feed import Feed, close_all
+from .feed import Feed, Source, close_all
 from .fragment import Fragment
 from .sync import WeightStore, WriterGone
 
@@ -198,7 +198,9 @@ def collector(
                           progress=pool.progress, stop=pool.stop_event, parent=os.getpid(), n_steps=n_steps,
                           n_per_actor=n_per_actor, n_per_batch=n_per_batch, sticky=sticky, env_info=env_info,
                           n_threads=n_threads, close=close, batched=probe.batched)
-    return Feed(_generate(pool, actor, seeds, config, device, pinned), on_close=pool.set_close_timeout)
+    source = Source(version=lambda: pool.store.version if pool.store is not None else -1, n_workers=n_actors,
+                    last_seen=pool.last_seen)
+    return Feed(_generate(pool, actor, seeds, config, device, pinned), on_close=pool.set_close_timeout, source=source)
 
 
 class _Pool:
@@ -310,15 +312,28 @@ class _Pool:
                     self.hand_out()
                     return slot
 
+    def _refresh(self, now: float) -> None:
+        """Note the workers whose heartbeat moved since the last look."""
+        for index in range(self.n_actors):
+            beat = int(self.watch[index, 0])
+            if beat != self.beat[index]:
+                self.beat[index], self.since[index] = beat, now
+
+    def last_seen(self) -> List[Optional[float]]:
+        """Per worker, seconds since its heartbeat last moved (None once closed)."""
+        if self.watch is None:
+            return [None] * self.n_actors
+        now = time.monotonic()
+        self._refresh(now)
+        return [now - since for since in self.since]
+
     def _check_stalls(self) -> None:
         if self.stall_timeout is None:
             return
         now = time.monotonic()
+        self._refresh(now)
         for index in range(self.n_actors):
-            beat, state = int(self.watch[index, 0]), int(self.watch[index, 1])
-            if beat != self.beat[index]:
-                self.beat[index], self.since[index] = beat, now
-                continue
+            state = int(self.watch[index, 1])
             if not self.held[index] and state != _LAUNCHED:
                 continue  # idle, and nobody waits for it
             limit = max(self.stall_timeout, _BOOT) if state == _LAUNCHED else self.stall_timeout

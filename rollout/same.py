@@ -9,7 +9,7 @@ import torch
 from . import checks, core
 from .actor import Actor
 from .envs import make_batch
-from .feed import Feed
+from .feed import Feed, Source
 from .fragment import Fragment
 
 __all__ = ["rollout"]
@@ -76,7 +76,10 @@ def rollout(
         batch.close()
         raise
     to_cuda = device is not None and device.type != "cpu"
-    return Feed(_generate(context, device, pinned or to_cuda))
+    # The actor is the learner's own module: a yielded fragment is never behind (the generator
+    # counts the version up before it yields).
+    source = Source(version=lambda: context.version - 1)
+    return Feed(_generate(context, device, pinned or to_cuda), source=source)
 
 
 def _generate(context: core.Context, device: Optional[torch.device], pinned: bool) -> Generator[Fragment, None, None]:
