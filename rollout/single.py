@@ -7,7 +7,23 @@ call ``fragment.clone()`` to keep it.
 
 Lag: every ``next()`` publishes the learner's weights; the fragment yielded by ``next()`` number
 k (from 0) was collected with the weights published at ``next()`` k - 1 or k: at most one update
-behind (``Fragment.version`` records which). With the same ``seed``, a deterministic actor whose
+behind (``Fragment.version`` records which).
+
+Timeline (buffers A and B; ``vK`` = the weights published at ``next()`` K; the worker pulls
+before each fragment, so which version it gets depends on whether that ``next()`` came first):
+
+=================  ===========================  ==================================  ===========
+``next()`` number  publishes, then yields        meanwhile the worker fills          its version
+=================  ===========================  ==================================  ===========
+0                  v0; A (waits for it)          A, then B                           A: v0
+1                  v1; B (ready or waits)        A again once ``next()`` 1 freed it   B: v0 or v1
+2                  v2; A                         B again once ``next()`` 2 freed it   A: v1 or v2
+k                  vk; A if k even, else B       the other buffer                    vk-1 or vk
+=================  ===========================  ==================================  ===========
+
+The learner trains on one buffer while the worker fills the other; a buffer is handed back to the
+worker at the ``next()`` after the one that yielded it, which is why a fragment is valid only until
+then. With the same ``seed``, a deterministic actor whose
 weights do not change, and a deterministic env, it yields exactly the fragments of
 :func:`rollout.same.rollout`.
 """
