@@ -97,15 +97,35 @@ ENVS = {
     "pong": Env("pong", _pong, pixels=True, gym_id="ALE/Pong-v5", needs="ale_py"),
 }
 
-# Policies: flat-observation envs take random/mlp/mlp-0.5m/gru, pixel envs random/conv (_FITS).
+class LeanMLP(rollout.Actor):
+    """The lightest useful actor: an MLP 4-64-64-2 (tanh), ``multinomial(softmax(logits))``, no value, no info.
+
+    With it the collector's own per-step work is what is measured, not the actor's forward.
+    """
+
+    def __init__(self, n_obs: int, n_act: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(n_obs, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, n_act)
+        )
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        with torch.inference_mode():
+            logits = self.net(obs.float())
+            action = torch.multinomial(torch.softmax(logits.flatten(0, -2), -1), 1).view(logits.shape[:-1])
+        return action, (), {}
+
+
+# Policies: flat-observation envs take random/lean/mlp/mlp-0.5m/gru, pixel envs random/conv (_FITS).
 POLICIES = {
+    "lean": LeanMLP,
     "random": lambda n_obs, n_act: RandomActor(n_act),
     "mlp": lambda n_obs, n_act: CategoricalMLP(n_obs, n_act, (64, 64)),
     "mlp-0.5m": lambda n_obs, n_act: CategoricalMLP(n_obs, n_act, (700, 700)),
     "gru": lambda n_obs, n_act: CategoricalGRU(n_obs, n_act, 64),
     "conv": lambda n_obs, n_act: AtariConv(n_act),
 }
-_FITS = {"random": (False, True), "mlp": (False,), "mlp-0.5m": (False,), "gru": (False,), "conv": (True,)}  # pixels?
+_FITS = {"random": (False, True), "lean": (False,), "mlp": (False,), "mlp-0.5m": (False,), "gru": (False,), "conv": (True,)}  # pixels?
 
 
 def make_actor(env: Env, policy: str) -> rollout.Actor:
