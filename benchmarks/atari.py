@@ -53,8 +53,9 @@ def measure(kind: str, n_envs: int, n_steps: int, seconds: float, warmup: float)
         feed = same.rollout(lambda seed: make_atari(ENV_ID, seed), actor, n_steps, n_envs=n_envs, seed=0)
     else:
         threads = 1 if kind == "native-1t" else 0
-        feed = same.rollout(lambda seed: make_atari_vector(ENV_ID, n_envs, seed, num_threads=threads), actor, n_steps,
-                            n_envs=1, seed=0)
+        feed = same.rollout(
+            lambda seed: make_atari_vector(ENV_ID, n_envs, seed, num_threads=threads), actor, n_steps, n_envs=1, seed=0
+        )
     with feed:
         start = time.perf_counter()
         next(feed)
@@ -92,8 +93,9 @@ def measure_training(kind: str, n_envs: int, steps: int) -> float:
     from zoo import presets, train
     from zoo.run import Run
 
-    preset, config = presets.resolve("ppo", ENV_ID, {"steps": steps, "n_envs": n_envs, "eval_every": 0,
-                                                     "eval_episodes": 1})
+    preset, config = presets.resolve(
+        "ppo", ENV_ID, {"steps": steps, "n_envs": n_envs, "eval_every": 0, "eval_episodes": 1}
+    )
     config = {"algo": "ppo", "env": ENV_ID, "seed": 0, "preset": preset.name, **config}
     collector = native_collector if kind == "native" else train.make_collector
     with tempfile.TemporaryDirectory() as folder, mock.patch.object(train, "make_collector", collector):
@@ -104,9 +106,23 @@ def measure_training(kind: str, n_envs: int, steps: int) -> float:
 
 def measure_isolated(kind: str, args: argparse.Namespace) -> float:
     """:func:`measure` (or :func:`measure_training`) in a fresh interpreter."""
-    cmd = [sys.executable, "-m", "benchmarks.atari", "--measure-one", kind, "--n-envs", str(args.n_envs),
-           "--n-steps", str(args.n_steps), "--seconds", repr(args.seconds), "--warmup", repr(args.warmup),
-           "--train-steps", str(args.train_steps)] + (["--training"] if args.training else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.atari",
+        "--measure-one",
+        kind,
+        "--n-envs",
+        str(args.n_envs),
+        "--n-steps",
+        str(args.n_steps),
+        "--seconds",
+        repr(args.seconds),
+        "--warmup",
+        repr(args.warmup),
+        "--train-steps",
+        str(args.train_steps),
+    ] + (["--training"] if args.training else [])
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.seconds + args.warmup + 3600)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -126,8 +142,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady-state seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--training", action="store_true",
-                        help="measure zoo.train.train with the ppo-pong preset (python and native sources)")
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="measure zoo.train.train with the ppo-pong preset (python and native sources)",
+    )
     parser.add_argument("--train-steps", type=int, default=16_384, help="env steps per training measurement")
     parser.add_argument("--out", help="write the results to this JSON file")
     parser.add_argument("--measure-one", choices=KINDS, help=argparse.SUPPRESS)
@@ -148,11 +167,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             value = measure_isolated(kind, args)
             results[kind].append(value)
             print(f"[{r + 1}/{args.repeats}] {kind:<10} {args.n_envs} envs {value:>8,.0f} env-steps/s", flush=True)
-    what = {"measured": "zoo.train.train, preset ppo-pong", "train_steps": args.train_steps} if args.training else {
-        "measured": "same.rollout", "n_steps": args.n_steps, "seconds": args.seconds}
-    report = {"env": ENV_ID, "actor": "AtariConv", "n_envs": args.n_envs, **what, "repeats": args.repeats,
-              "machine": machine(), "versions": versions(),
-              "results": {kind: {"values": values, **_summary(values)} for kind, values in results.items()}}
+    what = (
+        {"measured": "zoo.train.train, preset ppo-pong", "train_steps": args.train_steps}
+        if args.training
+        else {"measured": "same.rollout", "n_steps": args.n_steps, "seconds": args.seconds}
+    )
+    report = {
+        "env": ENV_ID,
+        "actor": "AtariConv",
+        "n_envs": args.n_envs,
+        **what,
+        "repeats": args.repeats,
+        "machine": machine(),
+        "versions": versions(),
+        "results": {kind: {"values": values, **_summary(values)} for kind, values in results.items()},
+    }
     if "python" in results:
         for kind, values in results.items():
             if kind != "python":

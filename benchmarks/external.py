@@ -157,8 +157,17 @@ def _rate(frame_counts: Iterable[int], seconds: float, warmup: float) -> float:
     raise RuntimeError("the collector stopped yielding batches")
 
 
-def torchrl_throughput(kind: str, env_id: str, n_workers: int, n_envs_per_worker: int, n_steps: int,
-                       seconds: float, warmup: float, *, batching: str = "vector") -> float:
+def torchrl_throughput(
+    kind: str,
+    env_id: str,
+    n_workers: int,
+    n_envs_per_worker: int,
+    n_steps: int,
+    seconds: float,
+    warmup: float,
+    *,
+    batching: str = "vector",
+) -> float:
     """Env-steps/s of a TorchRL collector with the ``CategoricalMLP`` policy.
 
     ``kind="sync"``: one ``Collector`` (``SyncDataCollector`` before torchrl 0.14) stepping a
@@ -179,8 +188,9 @@ def torchrl_throughput(kind: str, env_id: str, n_workers: int, n_envs_per_worker
 
         single, multi = _collector_classes()
         torch.set_num_threads(1)
-        policy = TensorDictModule(_TorchRLPolicy(_mlp(env_id)), in_keys=["observation"],
-                                  out_keys=["action", "logits", "state_value"])
+        policy = TensorDictModule(
+            _TorchRLPolicy(_mlp(env_id)), in_keys=["observation"], out_keys=["action", "logits", "state_value"]
+        )
         make_env = functools.partial(_torchrl_env, env_id, n_envs_per_worker, batching)
         options = dict(frames_per_batch=n_steps * n_envs_per_worker * n_workers, total_frames=-1)
         if kind == "sync":
@@ -202,8 +212,9 @@ def torchrl_throughput(kind: str, env_id: str, n_workers: int, n_envs_per_worker
                     process.join()
 
 
-def envpool_throughput(env_id: str, n_envs: int, n_steps: int, seconds: float, warmup: float,
-                       *, num_threads: int = 0, seed: int = 0) -> float:
+def envpool_throughput(
+    env_id: str, n_envs: int, n_steps: int, seconds: float, warmup: float, *, num_threads: int = 0, seed: int = 0
+) -> float:
     """Env-steps/s of a hand loop over envpool's gymnasium API in sync mode.
 
     One ``envpool.make_gymnasium(env_id, num_envs=n_envs)`` (``batch_size == num_envs``: every
@@ -239,7 +250,7 @@ def envpool_throughput(env_id: str, n_envs: int, n_steps: int, seconds: float, w
                     obs[0], act[0], rew[0] = obs[-1], act[-1], rew[-1]
                     terminated[0], truncated[0] = terminated[-1], truncated[-1]
                     for t in range(n_steps):
-                        a, _, info = mlp.step(None, obs[t:t + 1], None, None, None, hx=(), virtual=False)
+                        a, _, info = mlp.step(None, obs[t : t + 1], None, None, None, hx=(), virtual=False)
                         act[t + 1], logits[t], value[t] = a[0], info["logits"][0], info["value"][0]
                         x, r, term, trunc, _ = env.step(actions[t + 1])
                         obs[t + 1] = torch.from_numpy(x)
@@ -257,13 +268,18 @@ def main() -> None:
     for n in (8, 64):
         for label, run, reason in (
             ("torchrl sync", lambda: torchrl_throughput("sync", "CartPole-v1", 1, n, 128, 5, 2), torchrl_skip_reason),
-            ("torchrl multisync x2", lambda: torchrl_throughput("multisync", "CartPole-v1", 2, n, 128, 5, 3),
-             torchrl_skip_reason),
+            (
+                "torchrl multisync x2",
+                lambda: torchrl_throughput("multisync", "CartPole-v1", 2, n, 128, 5, 3),
+                torchrl_skip_reason,
+            ),
             ("envpool", lambda: envpool_throughput("CartPole-v1", n, 128, 5, 2), envpool_skip_reason),
         ):
             why = reason()
-            print(f"{label:22s} envs/worker={n:3d}: " + (f"skipped ({why})" if why else f"{run():9.0f} steps/s"),
-                  flush=True)
+            print(
+                f"{label:22s} envs/worker={n:3d}: " + (f"skipped ({why})" if why else f"{run():9.0f} steps/s"),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def leftover_workers(wait: float = 2.0) -> List[int]:
         for child in me.children(recursive=True):
             try:
                 helper = child.ppid() == me.pid and any(
-                    name in " ".join(child.cmdline()) for name in ("resource_tracker", "forkserver"))
+                    name in " ".join(child.cmdline()) for name in ("resource_tracker", "forkserver")
+                )
                 if child.status() != psutil.STATUS_ZOMBIE and not helper:
                     found.add(child.pid)
             except psutil.Error:
@@ -144,8 +145,10 @@ def spawn_breakdown() -> Dict[str, float]:
     """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     start = time.time()
-    procs = [subprocess.Popen([sys.executable, "-c", _PROFILE, repr(start)], cwd=root, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _PROFILE, repr(start)], cwd=root, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     stamps = [json.loads(p.stdout.readline()) for p in procs]
     deadline = time.time() + 60
     while any("exit" not in s for s in stamps) and time.time() < deadline:
@@ -159,8 +162,10 @@ def spawn_breakdown() -> Dict[str, float]:
             p.wait()
     slow = max(stamps, key=lambda s: s["collect_fragment"])
     keys = [k for k in slow if k != "exit"]
-    return ({k: slow[k] - slow[prev] for prev, k in zip(keys, keys[1:])}
-            | {"total": slow[keys[-1]] - slow["start"], "interpreter_exit": slow.get("exit", math.inf) - slow[keys[-1]]})
+    return {k: slow[k] - slow[prev] for prev, k in zip(keys, keys[1:])} | {
+        "total": slow[keys[-1]] - slow["start"],
+        "interpreter_exit": slow.get("exit", math.inf) - slow[keys[-1]],
+    }
 
 
 def _forkserver_variant(preload: List[str], repeats: int) -> dict:
@@ -279,9 +284,16 @@ def policy_lag(quick: bool = False) -> dict:
                 counts.update((k - batch.version).tolist())
                 learn_step(batch, actor, optim)
         n = sum(counts.values())
-        out[name] = {"hist": {str(lag): counts[lag] for lag in sorted(counts)}, "mean": sum(l * c for l, c in counts.items()) / n,
-                     "max": max(counts), "min": min(counts), "n_batches": n_batches, "n_columns": n,
-                     "bound": _LAG_BOUNDS[name], "within_bound": max(counts) <= _LAG_BOUNDS[name] and min(counts) >= 0}
+        out[name] = {
+            "hist": {str(lag): counts[lag] for lag in sorted(counts)},
+            "mean": sum(lag * c for lag, c in counts.items()) / n,
+            "max": max(counts),
+            "min": min(counts),
+            "n_batches": n_batches,
+            "n_columns": n,
+            "bound": _LAG_BOUNDS[name],
+            "within_bound": max(counts) <= _LAG_BOUNDS[name] and min(counts) >= 0,
+        }
     out["leftover_workers"] = len(leftover_workers())
     return out
 
@@ -330,8 +342,10 @@ def learner_idle(quick: bool = False, n_envs: int = 8, n_steps: int = T) -> dict
     optim_b = torch.optim.Adam(actor_b.parameters(), lr=3e-3)
     steps = n * n_envs * n_steps
     runs: Dict[str, List[dict]] = {"same": [], "single": []}
-    with same.rollout(make_env, actor_a, n_steps, n_envs=n_envs, seed=0) as feed_a, \
-            single.rollout(make_env, actor_b, n_steps, n_envs, seed=1, start_method=method) as feed_b:
+    with (
+        same.rollout(make_env, actor_a, n_steps, n_envs=n_envs, seed=0) as feed_a,
+        single.rollout(make_env, actor_b, n_steps, n_envs, seed=1, start_method=method) as feed_b,
+    ):
         _segment(feed_a, actor_a, optim_a, 2)  # warm-up
         _segment(feed_b, actor_b, optim_b, 2)
         for _ in range(repeats):
@@ -341,12 +355,18 @@ def learner_idle(quick: bool = False, n_envs: int = 8, n_steps: int = T) -> dict
     collect = statistics.median(r["blocked"] / n for r in runs["same"])
     learn = statistics.median(r["learn"] for r in runs["same"] + runs["single"])
     return {
-        "n_envs": n_envs, "n_steps": n_steps, "fragments_per_segment": n, "epochs": EPOCHS,
-        "same_steps_per_s": _stats(rate["same"]), "single_steps_per_s": _stats(rate["single"]),
+        "n_envs": n_envs,
+        "n_steps": n_steps,
+        "fragments_per_segment": n,
+        "epochs": EPOCHS,
+        "same_steps_per_s": _stats(rate["same"]),
+        "single_steps_per_s": _stats(rate["single"]),
         "ratio": statistics.median(rate["single"]) / statistics.median(rate["same"]),
         "pair_ratio": statistics.median(b / a for a, b in zip(rate["same"], rate["single"])),
         "idle_fraction": _stats([r["blocked"] / r["elapsed"] for r in runs["single"]]),
-        "collect_ms": collect * 1e3, "learn_ms": learn * 1e3, "bound": (collect + learn) / max(collect, learn),
+        "collect_ms": collect * 1e3,
+        "learn_ms": learn * 1e3,
+        "bound": (collect + learn) / max(collect, learn),
         "same_fragment_ms": statistics.median(r["elapsed"] / n for r in runs["same"]) * 1e3,
         "single_fragment_ms": statistics.median(r["elapsed"] / n for r in runs["single"]) * 1e3,
         "leftover_workers": len(leftover_workers()),
@@ -435,17 +455,24 @@ def peak_pss(quick: bool = False) -> dict:
     n_envs, duration = (16, 1.0) if quick else (128, 4.0)
     gc.collect()
     baseline = tree_pss()[0]
-    runs = {"multi_fork": lambda: _run_multi(n_envs, duration, "fork"),
-            "async_vector_env": lambda: _run_async(n_envs, duration)}
+    runs = {
+        "multi_fork": lambda: _run_multi(n_envs, duration, "fork"),
+        "async_vector_env": lambda: _run_async(n_envs, duration),
+    }
     if not quick:
         runs = {"multi_spawn": lambda: _run_multi(n_envs, duration, "spawn")} | runs
     out = {"n_envs": n_envs, "duration_s": duration, "baseline_mib": baseline / MIB}
     for name, fn in runs.items():
         with PeakPss() as sampler:
             steps = fn()
-        out[name] = {"peak_mib": sampler.peak / MIB, "over_baseline_mib": (sampler.peak - baseline) / MIB,
-                     "processes": sampler.processes, "samples": sampler.samples,
-                     "sample_ms": sampler.seconds / sampler.samples * 1e3, "steps_per_s": steps / duration}
+        out[name] = {
+            "peak_mib": sampler.peak / MIB,
+            "over_baseline_mib": (sampler.peak - baseline) / MIB,
+            "processes": sampler.processes,
+            "samples": sampler.samples,
+            "sample_ms": sampler.seconds / sampler.samples * 1e3,
+            "steps_per_s": steps / duration,
+        }
         leftover_workers()
     out["leftover_workers"] = len(leftover_workers())
     return out
@@ -496,46 +523,66 @@ def _mmm(s: dict, scale: float = 1.0, fmt: str = ".3f") -> str:
 def report(r: dict) -> str:
     """A readable text table of :func:`run_all`'s result."""
     load = lambda key: " ".join(f"{x:.2f}" for x in r[key])  # noqa: E731
-    lines = [f"load average (1, 5, 15 min) before {load('loadavg_before')}, after {load('loadavg_after')}; seconds "
-             + ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items()), "",
-             "time to first fragment, multi.rollout(2 workers x 8 envs, T=128): seconds, median [min-max]",
-             f"{'method':<20}{'rollout()':>10}{'first fragment':>24}{'close()':>24}{'close() later':>14}{'leftover':>9}"]
+    lines = [
+        f"load average (1, 5, 15 min) before {load('loadavg_before')}, after {load('loadavg_after')}; seconds "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items()),
+        "",
+        "time to first fragment, multi.rollout(2 workers x 8 envs, T=128): seconds, median [min-max]",
+        f"{'method':<20}{'rollout()':>10}{'first fragment':>24}{'close()':>24}{'close() later':>14}{'leftover':>9}",
+    ]
     ff = r["first_fragment"]
     for name, v in ff.items():
         if isinstance(v, dict) and "first_s" in v:
-            lines.append(f"{name:<20}{v['call_s']['median']:>10.3f}{_mmm(v['first_s']):>24}{_mmm(v['shutdown_s']):>24}"
-                         f"{v.get('steady_shutdown_s', math.nan):>14.3f}{v['leftover_workers']:>9}")
+            lines.append(
+                f"{name:<20}{v['call_s']['median']:>10.3f}{_mmm(v['first_s']):>24}{_mmm(v['shutdown_s']):>24}"
+                f"{v.get('steady_shutdown_s', math.nan):>14.3f}{v['leftover_workers']:>9}"
+            )
             if "cold" in v:
                 c = v["cold"]
-                lines.append(f"{'  first use (server)':<20}{c['call_s']:>10.3f}{c['first_s']:>24.3f}{c['shutdown_s']:>24.3f}"
-                             f"{'':>14}{c['leftover']:>9}")
+                lines.append(
+                    f"{'  first use (server)':<20}{c['call_s']:>10.3f}{c['first_s']:>24.3f}{c['shutdown_s']:>24.3f}"
+                    f"{'':>14}{c['leftover']:>9}"
+                )
     if "spawn_breakdown" in ff:
         phases = ", ".join(f"{k} {v:.3f}" for k, v in ff["spawn_breakdown"].items())
         lines.append(f"a spawned worker's phases (s, 2 at once): {phases}")
-    lines += ["", "weight sync (ms, median [min-max])",
-              f"{'actor':<7}{'params':>11}{'publish':>26}{'pull':>26}{'no-change pull':>26}{'copied?':>9}"]
+    lines += [
+        "",
+        "weight sync (ms, median [min-max])",
+        f"{'actor':<7}{'params':>11}{'publish':>26}{'pull':>26}{'no-change pull':>26}{'copied?':>9}",
+    ]
     for name, v in r["sync_latency"].items():
-        lines.append(f"{name:<7}{v['params']:>11,}{_mmm(v['publish_ms']):>26}{_mmm(v['pull_ms']):>26}"
-                     f"{_mmm(v['nochange_pull_ms'], fmt='.4f'):>26}{str(v['nochange_copied']):>9}")
+        lines.append(
+            f"{name:<7}{v['params']:>11,}{_mmm(v['publish_ms']):>26}{_mmm(v['pull_ms']):>26}"
+            f"{_mmm(v['nochange_pull_ms'], fmt='.4f'):>26}{str(v['nochange_copied']):>9}"
+        )
     lines += ["", "policy lag = next() index - fragment.version (columns per lag)"]
     for name, v in r["policy_lag"].items():
         if isinstance(v, dict):
             lines.append(f"{name:<18} {v['hist']}  mean {v['mean']:.2f}  max {v['max']} (bound {v['bound']})")
     li = r["learner_idle"]
-    lines += ["", f"learner idle: {li.get('epochs', 1)} A2C update(s) per fragment of {li['n_envs']} envs x T={li['n_steps']} "
-                  f"(collect {li['collect_ms']:.1f} ms, learn {li['learn_ms']:.1f} ms, perfect-overlap bound {li['bound']:.3f}x; "
-                  f"per fragment: same {li['same_fragment_ms']:.1f} ms, single {li['single_fragment_ms']:.1f} ms)",
-              f"  same (collect, then learn)  {_mmm(li['same_steps_per_s'], fmt=',.0f')} steps/s",
-              f"  single (double-buffered)    {_mmm(li['single_steps_per_s'], fmt=',.0f')} steps/s",
-              f"  ratio {li['ratio']:.3f} (per pair {li['pair_ratio']:.3f}); learner idle fraction {_mmm(li['idle_fraction'])}"]
+    lines += [
+        "",
+        f"learner idle: {li.get('epochs', 1)} A2C update(s) per fragment of {li['n_envs']} envs x T={li['n_steps']} "
+        f"(collect {li['collect_ms']:.1f} ms, learn {li['learn_ms']:.1f} ms, perfect-overlap bound {li['bound']:.3f}x; "
+        f"per fragment: same {li['same_fragment_ms']:.1f} ms, single {li['single_fragment_ms']:.1f} ms)",
+        f"  same (collect, then learn)  {_mmm(li['same_steps_per_s'], fmt=',.0f')} steps/s",
+        f"  single (double-buffered)    {_mmm(li['single_steps_per_s'], fmt=',.0f')} steps/s",
+        f"  ratio {li['ratio']:.3f} (per pair {li['pair_ratio']:.3f}); learner idle fraction {_mmm(li['idle_fraction'])}",
+    ]
     pss = r["peak_pss"]
-    lines += ["", f"peak PSS of the process tree, {pss['n_envs']} envs, {pss['duration_s']} s "
-                  f"(baseline {pss['baseline_mib']:.0f} MiB)",
-              f"{'collector':<18}{'peak MiB':>10}{'+baseline':>10}{'processes':>10}{'sample ms':>10}{'steps/s':>10}"]
+    lines += [
+        "",
+        f"peak PSS of the process tree, {pss['n_envs']} envs, {pss['duration_s']} s "
+        f"(baseline {pss['baseline_mib']:.0f} MiB)",
+        f"{'collector':<18}{'peak MiB':>10}{'+baseline':>10}{'processes':>10}{'sample ms':>10}{'steps/s':>10}",
+    ]
     for name, v in pss.items():
         if isinstance(v, dict):
-            lines.append(f"{name:<18}{v['peak_mib']:>10.0f}{v['over_baseline_mib']:>10.0f}{v['processes']:>10}"
-                         f"{v['sample_ms']:>10.0f}{v['steps_per_s']:>10,.0f}")
+            lines.append(
+                f"{name:<18}{v['peak_mib']:>10.0f}{v['over_baseline_mib']:>10.0f}{v['processes']:>10}"
+                f"{v['sample_ms']:>10.0f}{v['steps_per_s']:>10,.0f}"
+            )
     lines += ["", "targets"]
     for name, v in r["targets"].items():
         lines.append(f"  {name:<28} {v['value']!s:>10.10} (limit {v['limit']}) {'met' if v['met'] else 'MISSED'}")

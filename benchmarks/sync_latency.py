@@ -64,18 +64,24 @@ def measure(width: int, depth: int, repeats: int = 50, pickle: bool = True) -> d
     store.pull(worker, have - 1)
     out["change_copied"] = all(torch.equal(a, b) for a, b in zip(worker.parameters(), module.parameters()))
     if pickle:
-        out["pickle_ms"] = timed(lambda: torch.save(module.state_dict(), io.BytesIO()), max(1, repeats // 2))["median"] * 1e3
+        out["pickle_ms"] = (
+            timed(lambda: torch.save(module.state_dict(), io.BytesIO()), max(1, repeats // 2))["median"] * 1e3
+        )
     return out
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    print(f"{'params':>10} {'publish ms':>11} {'pull ms':>9} {'no-change pull us':>18} {'pickle ms':>10} {'pickle/publish':>15}")
+    print(
+        f"{'params':>10} {'publish ms':>11} {'pull ms':>9} {'no-change pull us':>18} {'pickle ms':>10} {'pickle/publish':>15}"
+    )
     for width, depth in SIZES:
         r = measure(width, depth)
         publish = r["publish_ms"]["median"]
-        print(f"{r['params']:>10,} {publish:>11.3f} {r['pull_ms']['median']:>9.3f} {r['nochange_pull_ms']['median'] * 1e3:>18.2f} "
-              f"{r['pickle_ms']:>10.3f} {r['pickle_ms'] / publish:>15.1f}")
+        print(
+            f"{r['params']:>10,} {publish:>11.3f} {r['pull_ms']['median']:>9.3f} {r['nochange_pull_ms']['median'] * 1e3:>18.2f} "
+            f"{r['pickle_ms']:>10.3f} {r['pickle_ms'] / publish:>15.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -84,18 +84,23 @@ class Env:
 
 def _pong():
     from zoo.atari import make_atari
+
     return make_atari("ALE/Pong-v5")
 
 
 ENVS = {
     "cartpole": Env("cartpole", lambda: gym.make("CartPole-v1"), gym_id="CartPole-v1"),
-    "cartpole-batched": Env("cartpole-batched", lambda: bench_envs.BatchedCartPole(num_envs=1),
-                            batched=lambda n: bench_envs.BatchedCartPole(num_envs=n)),
+    "cartpole-batched": Env(
+        "cartpole-batched",
+        lambda: bench_envs.BatchedCartPole(num_envs=1),
+        batched=lambda n: bench_envs.BatchedCartPole(num_envs=n),
+    ),
     "busy50": Env("busy50", lambda: bench_envs.BusyEnv(50e-6)),
     "busy500": Env("busy500", lambda: bench_envs.BusyEnv(500e-6)),
     "pixels": Env("pixels", lambda: bench_envs.PixelEnv(), pixels=True),
     "pong": Env("pong", _pong, pixels=True, gym_id="ALE/Pong-v5", needs="ale_py"),
 }
+
 
 class LeanMLP(rollout.Actor):
     """The lightest useful actor: an MLP 4-64-64-2 (tanh), ``multinomial(softmax(logits))``, no value, no info.
@@ -106,7 +111,11 @@ class LeanMLP(rollout.Actor):
     def __init__(self, n_obs: int, n_act: int):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(n_obs, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, n_act)
+            torch.nn.Linear(n_obs, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, n_act),
         )
 
     def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
@@ -125,7 +134,14 @@ POLICIES = {
     "gru": lambda n_obs, n_act: CategoricalGRU(n_obs, n_act, 64),
     "conv": lambda n_obs, n_act: AtariConv(n_act),
 }
-_FITS = {"random": (False, True), "lean": (False,), "mlp": (False,), "mlp-0.5m": (False,), "gru": (False,), "conv": (True,)}  # pixels?
+_FITS = {
+    "random": (False, True),
+    "lean": (False,),
+    "mlp": (False,),
+    "mlp-0.5m": (False,),
+    "gru": (False,),
+    "conv": (True,),
+}  # pixels?
 
 
 def make_actor(env: Env, policy: str) -> rollout.Actor:
@@ -175,21 +191,25 @@ class _Recorder:
         self.rew = torch.zeros((T + 1, B))
         self.fin = torch.ones((T + 1, B), dtype=torch.bool)
         self.stepno = torch.zeros((T + 1, B), dtype=torch.int64)
-        self.obs_np, self.act_np, self.rew_np, self.fin_np = (x.numpy() for x in (self.obs, self.act, self.rew, self.fin))
+        self.obs_np, self.act_np, self.rew_np, self.fin_np = (
+            x.numpy() for x in (self.obs, self.act, self.rew, self.fin)
+        )
         self.info: Optional[List[torch.Tensor]] = None
         self.hx: Any = None
 
     def act_row(self, t: int) -> np.ndarray:
         """The actor's reaction to row ``t`` (already filled): records its outputs, returns ``a_t``."""
         s = slice(t, t + 1)
-        a, hx, info = self.actor.step(self.stepno[s], self.obs[s], self.act[s], self.rew[s], self.fin[s], hx=self.hx, virtual=False)
+        a, hx, info = self.actor.step(
+            self.stepno[s], self.obs[s], self.act[s], self.rew[s], self.fin[s], hx=self.hx, virtual=False
+        )
         leaves = optree.tree_leaves(info)
         if self.info is None:
             self.recurrent = bool(optree.tree_leaves(hx))
             self.info = [torch.zeros((self.T + 1, *x.shape[1:]), dtype=x.dtype) for x in leaves]
         for dst, src in zip(self.info, leaves):
             dst[s] = src
-        self.act[t + 1:t + 2] = a
+        self.act[t + 1 : t + 2] = a
         self.hx = hx
         return self.act_np[t + 1]
 
@@ -260,6 +280,7 @@ def _ours(kind: str) -> Callable[[Env, rollout.Actor, Config], Iterator[int]]:
         with feed:
             for fragment in feed:
                 yield fragment.state.fin.shape[1] * cfg.T
+
     return run
 
 
@@ -277,6 +298,7 @@ def _skip(cfg: Config, env: Env) -> Optional[str]:
         return "a numpy-batched env is one object: not split into a vector env or worker factories"
     if c.startswith("torchrl") or c == "envpool":
         from . import external
+
         reason = external.torchrl_skip_reason() if c.startswith("torchrl") else external.envpool_skip_reason()
         if reason:
             return reason
@@ -293,6 +315,7 @@ def measure(cfg: Config, seconds: float, warmup: float) -> float:
     c = cfg.collector
     if c.startswith("torchrl") or c == "envpool":
         from . import external
+
         if c == "envpool":
             return external.envpool_throughput(env.gym_id, cfg.total, cfg.T, seconds, warmup)
         kind = "sync" if c == "torchrl-sync" else "multisync"
@@ -323,7 +346,9 @@ def _source(cfg: Config) -> Iterator[int]:
     if c == "gym-sync":
         return _vector_loop(gym.vector.SyncVectorEnv([env.factory] * cfg.total), actor, cfg.total, cfg.T)
     if c == "gym-async":
-        return _vector_loop(gym.vector.AsyncVectorEnv([env.factory] * cfg.total, shared_memory=True), actor, cfg.total, cfg.T)
+        return _vector_loop(
+            gym.vector.AsyncVectorEnv([env.factory] * cfg.total, shared_memory=True), actor, cfg.total, cfg.T
+        )
     return _ours(c)(env, actor, cfg)
 
 
@@ -334,7 +359,9 @@ def measure_paired(cfgs: List[Config], seconds: float, warmup: float, slice_s: f
     """Env-steps/s of in-process collectors alive together, run in turns of ``slice_s`` seconds
     until each has run ``seconds``: a slow patch of a noisy machine hits all of them alike."""
     if any(cfg.collector not in PAIRED for cfg in cfgs):
-        raise ValueError(f"paired measurements take the in-process collectors {PAIRED}, found {[c.collector for c in cfgs]}")
+        raise ValueError(
+            f"paired measurements take the in-process collectors {PAIRED}, found {[c.collector for c in cfgs]}"
+        )
     sources = [_source(cfg) for cfg in cfgs]
     try:
         for source in sources:
@@ -357,8 +384,17 @@ def measure_paired(cfgs: List[Config], seconds: float, warmup: float, slice_s: f
 
 def measure_isolated_paired(cfgs: List[Config], seconds: float, warmup: float) -> List[float]:
     """:func:`measure_paired` in a fresh interpreter."""
-    cmd = [sys.executable, "-m", "benchmarks.throughput", "--measure-paired", json.dumps([c.__dict__ for c in cfgs]),
-           "--seconds", repr(seconds), "--warmup", repr(warmup)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.throughput",
+        "--measure-paired",
+        json.dumps([c.__dict__ for c in cfgs]),
+        "--seconds",
+        repr(seconds),
+        "--warmup",
+        repr(warmup),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=len(cfgs) * (seconds + warmup) + 300)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -378,8 +414,15 @@ class Group:
     skipped: Dict[Config, str] = field(default_factory=dict)
 
 
-def cross(name: str, envs: List[str], policies: List[str], collectors: List[str], n_envs: List[int],
-          n_actors: List[int], T: int) -> Group:
+def cross(
+    name: str,
+    envs: List[str],
+    policies: List[str],
+    collectors: List[str],
+    n_envs: List[int],
+    n_actors: List[int],
+    T: int,
+) -> Group:
     """Every combination; in-process collectors are de-duplicated on their total envs."""
     configs, seen = [], set()
     for e in envs:
@@ -407,20 +450,50 @@ def suite(quick: bool, T: int) -> List[Group]:
         ]
     c = lambda *args: Config(*args, T=T)  # noqa: E731
     # Compared configurations sit next to each other in a round: less drift between them.
-    workers = Group("cartpole-mlp-workers", [
-        cfg for n in (8, 64) for cfg in (
-            c("cartpole", "mlp", "same", n, 1), c("cartpole", "mlp", "multi", n, 2), c("cartpole", "mlp", "single", n, 1),
-            c("cartpole", "mlp", "torchrl-multi", n, 2), c("cartpole", "mlp", "gym-async", 2 * n, 1), c("cartpole", "mlp", "same", 2 * n, 1))
-    ])
+    workers = Group(
+        "cartpole-mlp-workers",
+        [
+            cfg
+            for n in (8, 64)
+            for cfg in (
+                c("cartpole", "mlp", "same", n, 1),
+                c("cartpole", "mlp", "multi", n, 2),
+                c("cartpole", "mlp", "single", n, 1),
+                c("cartpole", "mlp", "torchrl-multi", n, 2),
+                c("cartpole", "mlp", "gym-async", 2 * n, 1),
+                c("cartpole", "mlp", "same", 2 * n, 1),
+            )
+        ],
+    )
     return [
-        cross("cartpole-mlp", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "torchrl-sync", "envpool"], [1, 8, 64], [1], T),
+        cross(
+            "cartpole-mlp",
+            ["cartpole"],
+            ["mlp"],
+            ["hand", "gym-sync", "same", "torchrl-sync", "envpool"],
+            [1, 8, 64],
+            [1],
+            T,
+        ),
         Group("cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in PAIRED], paired=True),
         workers,
         cross("cartpole-batched", ["cartpole-batched"], ["mlp"], ["hand", "same"], [8, 64], [1], T),
-        Group("policies", [c("cartpole", p, k, 8, n) for p in ("random", "mlp-0.5m", "gru")
-                           for k, n in (("hand", 1), ("same", 1), ("multi", 2))]),
-        Group("busy", [c(e, "mlp", k, 8, n) for e in ("busy50", "busy500") for k, n in (("same", 1), ("multi", 1), ("multi", 2))]),
-        Group("pixels", [c("pixels", "random", k, 8, n) for k, n in (("hand", 1), ("gym-sync", 1), ("same", 1), ("multi", 2))]),
+        Group(
+            "policies",
+            [
+                c("cartpole", p, k, 8, n)
+                for p in ("random", "mlp-0.5m", "gru")
+                for k, n in (("hand", 1), ("same", 1), ("multi", 2))
+            ],
+        ),
+        Group(
+            "busy",
+            [c(e, "mlp", k, 8, n) for e in ("busy50", "busy500") for k, n in (("same", 1), ("multi", 1), ("multi", 2))],
+        ),
+        Group(
+            "pixels",
+            [c("pixels", "random", k, 8, n) for k, n in (("hand", 1), ("gym-sync", 1), ("same", 1), ("multi", 2))],
+        ),
         Group("pong", [Config("pong", "conv", k, 8, n, T=32) for k, n in (("same", 1), ("multi", 1), ("multi", 2))]),
     ]
 
@@ -431,8 +504,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure_isolated(cfg: Config, seconds: float, warmup: float) -> float:
     """:func:`measure` in a fresh interpreter (a child of this one): no measurement inherits
     another's threads, children, allocator state or imports (TorchRL changes process globals)."""
-    cmd = [sys.executable, "-m", "benchmarks.throughput", "--measure-one", json.dumps(cfg.__dict__),
-           "--seconds", repr(seconds), "--warmup", repr(warmup)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.throughput",
+        "--measure-one",
+        json.dumps(cfg.__dict__),
+        "--seconds",
+        repr(seconds),
+        "--warmup",
+        repr(warmup),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + warmup + 300)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -455,7 +537,11 @@ def run_group(group: Group, repeats: int, seconds: float, warmup: float, log: Ca
         loads.setdefault((cfg.env, cfg.policy, cfg.total) if group.paired else cfg, []).append(cfg)
     for r in range(repeats):
         for cfgs in loads.values():
-            values = measure_isolated_paired(cfgs, seconds, warmup) if group.paired else [measure_isolated(cfgs[0], seconds, warmup)]
+            values = (
+                measure_isolated_paired(cfgs, seconds, warmup)
+                if group.paired
+                else [measure_isolated(cfgs[0], seconds, warmup)]
+            )
             for cfg, value in zip(cfgs, values):
                 group.results[cfg].append(value)
                 log(f"  [{r + 1}/{repeats}] {cfg.env}/{cfg.policy} {cfg.label:<22} {value:>10,.0f} steps/s")
@@ -478,11 +564,21 @@ def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
             same_load = (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.total)
             if other is not cfg and other.collector in BASELINES and same_load and other.collector != cfg.collector:
                 entry[other.collector] = _summary([a / b for a, b in zip(values, base)])
-            if (cfg.collector in POOL and cfg.n_actors > 1 and other.collector in BASELINES and other.collector in IN_PROCESS
-                    and (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.n_envs)):
+            if (
+                cfg.collector in POOL
+                and cfg.n_actors > 1
+                and other.collector in BASELINES
+                and other.collector in IN_PROCESS
+                and (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.n_envs)
+            ):
                 entry[f"{other.collector} per worker"] = _summary([a / b for a, b in zip(values, base)])
-            if (cfg.collector in POOL and cfg.n_actors > 1 and other.collector == cfg.collector
-                    and other.n_actors == 1 and (other.env, other.policy, other.n_envs) == (cfg.env, cfg.policy, cfg.n_envs)):
+            if (
+                cfg.collector in POOL
+                and cfg.n_actors > 1
+                and other.collector == cfg.collector
+                and other.n_actors == 1
+                and (other.env, other.policy, other.n_envs) == (cfg.env, cfg.policy, cfg.n_envs)
+            ):
                 entry["scaling"] = _summary([a / b for a, b in zip(values, base)])
         out[cfg] = entry
     return out
@@ -496,12 +592,18 @@ def machine() -> Dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "loadavg": list(os.getloadavg())}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg": list(os.getloadavg()),
+    }
 
 
 def versions() -> Dict[str, Optional[str]]:
     from importlib import metadata
+
     out: Dict[str, Optional[str]] = {}
     for name in ("torch", "numpy", "gymnasium", "optree", "torchrl", "tensordict", "envpool", "ale-py"):
         try:
@@ -509,8 +611,12 @@ def versions() -> Dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[name] = None
     try:
-        out["rollout (git)"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                              text=True, timeout=10).stdout.strip() or None
+        out["rollout (git)"] = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         out["rollout (git)"] = None
     return out
@@ -520,6 +626,7 @@ def plot(groups: List[Group], path: str) -> Optional[str]:
     """One panel per group: median env-steps/s (dots, log scale) with min-max bars per collector and load."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -535,7 +642,9 @@ def plot(groups: List[Group], path: str) -> Optional[str]:
             xs, ys, lo, hi = [], [], [], []
             for k, load in enumerate(loads):
                 for c in cfgs:
-                    if (c.env, c.policy, c.total) == load and c.collector + (f" x{c.n_actors}" if c.collector in POOL else "") == name:
+                    if (c.env, c.policy, c.total) == load and c.collector + (
+                        f" x{c.n_actors}" if c.collector in POOL else ""
+                    ) == name:
                         s = _summary(group.results[c])
                         xs.append(k + (i - (len(names) - 1) / 2) * width)
                         ys.append(s["median"])
@@ -558,13 +667,24 @@ def to_json(groups: List[Group]) -> List[Dict[str, Any]]:
     out = []
     for group in groups:
         r = ratios(group)
-        out.append({
-            "name": group.name,
-            "paired": group.paired,
-            "results": [{**cfg.__dict__, "total_envs": cfg.total, "label": cfg.label, "samples": values,
-                         **_summary(values), "ratios": r[cfg]} for cfg, values in group.results.items()],
-            "skipped": [{**cfg.__dict__, "label": cfg.label, "reason": why} for cfg, why in group.skipped.items()],
-        })
+        out.append(
+            {
+                "name": group.name,
+                "paired": group.paired,
+                "results": [
+                    {
+                        **cfg.__dict__,
+                        "total_envs": cfg.total,
+                        "label": cfg.label,
+                        "samples": values,
+                        **_summary(values),
+                        "ratios": r[cfg],
+                    }
+                    for cfg, values in group.results.items()
+                ],
+                "skipped": [{**cfg.__dict__, "label": cfg.label, "reason": why} for cfg, why in group.skipped.items()],
+            }
+        )
     return out
 
 
@@ -572,7 +692,10 @@ def to_json(groups: List[Group]) -> List[Dict[str, Any]]:
 TARGETS = [
     *((f"same >= 0.9x hand, {n} envs", "cartpole", "same", n, 1, "hand", 0.9) for n in (1, 8, 64)),
     *((f"same >= 1.0x gym-sync, {n} envs", "cartpole", "same", n, 1, "gym-sync", 1.0) for n in (1, 8, 64)),
-    *((f"multi 2x{n} >= 1.75x same with {n} envs", "cartpole", "multi", n, 2, "same per worker", 1.75) for n in (8, 64)),
+    *(
+        (f"multi 2x{n} >= 1.75x same with {n} envs", "cartpole", "multi", n, 2, "same per worker", 1.75)
+        for n in (8, 64)
+    ),
     *((f"multi 2x{n} >= 10x gym-async, {2 * n} envs", "cartpole", "multi", n, 2, "gym-async", 10.0) for n in (8, 64)),
     *((f"multi 2x{n} >= 15x torchrl-multi 2x{n}", "cartpole", "multi", n, 2, "torchrl-multi", 15.0) for n in (8, 64)),
     ("busy500: multi 2x8 >= 1.8x multi 1x8", "busy500", "multi", 8, 2, "scaling", 1.8),
@@ -585,11 +708,22 @@ def targets(groups: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     for name, env, collector, n_envs, n_actors, key, limit in TARGETS:
         for group in sorted(groups, key=lambda g: bool(g.get("paired"))):  # paired measurements win
             for r in group["results"]:
-                if (r["env"], r["policy"], r["collector"], r["n_envs"], r["n_actors"]) == (env, "mlp", collector, n_envs, n_actors) \
-                        and key in r["ratios"]:
+                if (r["env"], r["policy"], r["collector"], r["n_envs"], r["n_actors"]) == (
+                    env,
+                    "mlp",
+                    collector,
+                    n_envs,
+                    n_actors,
+                ) and key in r["ratios"]:
                     value = r["ratios"][key]["median"]
-                    out[name] = {"value": value, "min": r["ratios"][key]["min"], "max": r["ratios"][key]["max"],
-                                 "limit": limit, "met": value >= limit, "group": group.get("name")}
+                    out[name] = {
+                        "value": value,
+                        "min": r["ratios"][key]["min"],
+                        "max": r["ratios"][key]["max"],
+                        "limit": limit,
+                        "met": value >= limit,
+                        "group": group.get("name"),
+                    }
     return out
 
 
@@ -597,14 +731,20 @@ def print_report(report: Dict[str, Any]) -> None:
     """The tables, the targets and (when measured) the lifecycle results of a saved report."""
     m, settings = report["machine"], report["settings"]
     print(f"command: {report['command']}")
-    print(f"machine: {m['cores']} cores, {m['cpu']}; load average before {m['loadavg'][0]:.2f}, after {m['loadavg_after'][0]:.2f}")
+    print(
+        f"machine: {m['cores']} cores, {m['cpu']}; load average before {m['loadavg'][0]:.2f}, after {m['loadavg_after'][0]:.2f}"
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
     for group in report["groups"]:
-        print(f"\n== {group['name']} (env-steps/s, {settings['repeats']} interleaved rounds of >= {settings['seconds']:g} s)")
+        print(
+            f"\n== {group['name']} (env-steps/s, {settings['repeats']} interleaved rounds of >= {settings['seconds']:g} s)"
+        )
         print(f"{'env/policy':<20} {'collector':<22} {'median':>10} {'min-max':>21}  ratios (median [min-max])")
         for r in group["results"]:
             rs = ", ".join(f"/{k} {v['median']:.2f} [{v['min']:.2f}-{v['max']:.2f}]" for k, v in r["ratios"].items())
-            print(f"{r['env'] + '/' + r['policy']:<20} {r['label']:<22} {r['median']:>10,.0f} {r['min']:>10,.0f}-{r['max']:<10,.0f}  {rs}")
+            print(
+                f"{r['env'] + '/' + r['policy']:<20} {r['label']:<22} {r['median']:>10,.0f} {r['min']:>10,.0f}-{r['max']:<10,.0f}  {rs}"
+            )
         for r in group["skipped"]:
             print(f"{r['env'] + '/' + r['policy']:<20} {r['label']:<22} {'skipped':>10}  {r['reason']}")
     checks = targets(report["groups"])
@@ -614,6 +754,7 @@ def print_report(report: Dict[str, Any]) -> None:
             print(f"{'met   ' if c['met'] else 'MISSED'} {name:<42} {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}]")
     if "lifecycle" in report:
         from . import lifecycle
+
         print()
         print(lifecycle.report(report["lifecycle"]))
 
@@ -622,15 +763,24 @@ def markdown(report: Dict[str, Any]) -> str:
     """The targets and the result tables of a saved run as Markdown (for benchmarks/README.md)."""
     mmm = lambda v, fmt: f"{v['median']:{fmt}} [{v['min']:{fmt}}-{v['max']:{fmt}}]"  # noqa: E731
     lines = ["| target | median ratio [min-max] | met | measured in |", "|---|---:|:-:|---|"]
-    lines += [f"| {name} | {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}] | {'yes' if c['met'] else '**no**'} | {c.get('group')} |"
-              for name, c in targets(report["groups"]).items()]
+    lines += [
+        f"| {name} | {c['value']:.2f} [{c['min']:.2f}-{c['max']:.2f}] | {'yes' if c['met'] else '**no**'} | {c.get('group')} |"
+        for name, c in targets(report["groups"]).items()
+    ]
     for group in report["groups"]:
-        lines += ["", f"**{group['name']}**", "", "| env / policy | collector | env-steps/s, median [min-max] | ratios, median [min-max] |",
-                  "|---|---|---:|---|"]
+        lines += [
+            "",
+            f"**{group['name']}**",
+            "",
+            "| env / policy | collector | env-steps/s, median [min-max] | ratios, median [min-max] |",
+            "|---|---|---:|---|",
+        ]
         for r in group["results"]:
             ours = r["collector"] in ("same", "single", "multi")  # the baselines' own ratios are in the JSON
             rs = "; ".join(f"/{k} {mmm(v, '.2f')}" for k, v in r["ratios"].items()) if ours else ""
-            lines.append(f"| {r['env']} / {r['policy']} | {'**' + r['label'] + '**' if ours else r['label']} | {mmm(r, ',.0f')} | {rs} |")
+            lines.append(
+                f"| {r['env']} / {r['policy']} | {'**' + r['label'] + '**' if ours else r['label']} | {mmm(r, ',.0f')} | {rs} |"
+            )
         lines += [f"| {r['env']} / {r['policy']} | {r['label']} | skipped | {r['reason']} |" for r in group["skipped"]]
     return "\n".join(lines)
 
@@ -648,11 +798,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--groups", nargs="+", metavar="NAME", help="run only these groups of the recorded suite")
     parser.add_argument("--quick", action="store_true", help="a small, short run (a smoke test, not a measurement)")
-    parser.add_argument("--lifecycle", action="store_true", help="also measure startup, shutdown, sync, lag, idle, memory")
+    parser.add_argument(
+        "--lifecycle", action="store_true", help="also measure startup, shutdown, sync, lag, idle, memory"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="folder for throughput.json and throughput.png")
     parser.add_argument("--measure-one", metavar="CONFIG", help=argparse.SUPPRESS)  # a child of measure_isolated
     parser.add_argument("--measure-paired", metavar="CONFIGS", help=argparse.SUPPRESS)
-    parser.add_argument("--paired", action="store_true", help="with --env: measure each load's in-process collectors together")
+    parser.add_argument(
+        "--paired", action="store_true", help="with --env: measure each load's in-process collectors together"
+    )
     parser.add_argument("--report", metavar="JSON", help="print the tables and targets of a saved run (no measuring)")
     parser.add_argument("--markdown", action="store_true", help="with --report: as Markdown tables")
     args = parser.parse_args(argv)
@@ -662,7 +816,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         return {}
     if args.measure_paired:
         torch.set_num_threads(1)
-        print(json.dumps(measure_paired([Config(**c) for c in json.loads(args.measure_paired)], args.seconds, args.warmup)), flush=True)
+        print(
+            json.dumps(
+                measure_paired([Config(**c) for c in json.loads(args.measure_paired)], args.seconds, args.warmup)
+            ),
+            flush=True,
+        )
         return {}
     if args.report:
         with open(args.report) as f:
@@ -674,9 +833,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     torch.set_num_threads(1)
     log = lambda line: print(line, flush=True)  # noqa: E731
 
-    report: Dict[str, Any] = {"command": " ".join(["python -m benchmarks.throughput", *(argv if argv is not None else sys.argv[1:])]),
-                              "machine": machine(), "versions": versions(),
-                              "settings": {"seconds": args.seconds, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1}}
+    report: Dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.throughput", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {"seconds": args.seconds, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1},
+    }
     if args.env:
         groups = [cross("custom", args.env, args.policy, args.collectors, args.n_envs, args.n_actors, args.T)]
         groups[0].paired = args.paired
@@ -693,6 +855,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         run_group(group, args.repeats, args.seconds, args.warmup, log)
     if args.lifecycle:
         from . import lifecycle
+
         report["lifecycle"] = lifecycle.run_all(args.quick)
     report["machine"]["loadavg_after"] = list(os.getloadavg())
     report["wall_seconds"] = time.perf_counter() - started
@@ -704,7 +867,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     why = plot(groups, os.path.join(args.out, "throughput.png"))
     print()
     print_report(report)
-    print(f"\nwrote {os.path.join(args.out, 'throughput.json')}" + (f"; no plot: {why}" if why else f" and {os.path.join(args.out, 'throughput.png')}"))
+    print(
+        f"\nwrote {os.path.join(args.out, 'throughput.json')}"
+        + (f"; no plot: {why}" if why else f" and {os.path.join(args.out, 'throughput.png')}")
+    )
     return report
 
 

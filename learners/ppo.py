@@ -101,8 +101,14 @@ def prepare(batch: Fragment, module: torch.nn.Module, *, gamma: float = 0.99, la
         inputs.rew, inputs.value, inputs.next_value, fin=inputs.fin, terminated=inputs.terminated, gamma=gamma, lam=lam
     )
     return Prepared(
-        state=_policy.rows(state, slice(None, -1)), hx=batch.hx, action=action, logp=logp,
-        value=inputs.value, advantage=advantage, target=target, valid=inputs.valid,
+        state=_policy.rows(state, slice(None, -1)),
+        hx=batch.hx,
+        action=action,
+        logp=logp,
+        value=inputs.value,
+        advantage=advantage,
+        target=target,
+        valid=inputs.valid,
     )
 
 

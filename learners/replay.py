@@ -161,7 +161,7 @@ class ReplayBuffer:
         kept = min(n, self.capacity)
         slots = (self._next + (n - kept) + torch.arange(kept)) % self.capacity
         slots = slots.to(self.device)
-        newest = optree.tree_map(lambda x: x[n - kept:].to(self.device), batch)
+        newest = optree.tree_map(lambda x: x[n - kept :].to(self.device), batch)
         optree.tree_map(lambda store, x: store.index_copy_(0, slots, x), self._storage, newest)
         self._next = (self._next + n) % self.capacity
         self._size = min(self._size + n, self.capacity)

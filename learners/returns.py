@@ -353,9 +353,7 @@ def vtrace(
     ValueError
         On a shape or dtype mismatch, ``terminated`` without ``fin``, or an option out of range.
     """
-    _check_shapes(
-        "vtrace", rew, value=value, next_value=next_value, log_rho=log_rho, fin=fin, terminated=terminated
-    )
+    _check_shapes("vtrace", rew, value=value, next_value=next_value, log_rho=log_rho, fin=fin, terminated=terminated)
     _check_masks("vtrace", fin, terminated)
     _check_unit("vtrace", "gamma", gamma)
     _check_unit("vtrace", "lam", lam)

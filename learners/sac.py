@@ -278,10 +278,13 @@ def critic_loss(
     with torch.no_grad():
         next_act, next_log_prob = _policy_sample(policy, batch.next_obs, scale, bias, generator)
         target = q_target(
-            batch.rew, batch.terminated,
+            batch.rew,
+            batch.terminated,
             _q_values(q1_target, batch.next_obs, next_act, n, "q1_target"),
             _q_values(q2_target, batch.next_obs, next_act, n, "q2_target"),
-            next_log_prob, alpha=_alpha(log_alpha), gamma=gamma,
+            next_log_prob,
+            alpha=_alpha(log_alpha),
+            gamma=gamma,
         )
     q1_value = _q_values(q1, batch.obs, batch.act, n, "q1")
     q2_value = _q_values(q2, batch.obs, batch.act, n, "q2")
@@ -289,7 +292,11 @@ def critic_loss(
     q2_loss = 0.5 * ((q2_value - target) ** 2).mean()
     loss = q1_loss + q2_loss
     return loss, _policy.scalars(
-        critic_loss=loss, q1_loss=q1_loss, q2_loss=q2_loss, q1_mean=q1_value.mean(), q2_mean=q2_value.mean(),
+        critic_loss=loss,
+        q1_loss=q1_loss,
+        q2_loss=q2_loss,
+        q1_mean=q1_value.mean(),
+        q2_mean=q2_value.mean(),
         target_mean=target.mean(),
     )
 

@@ -21,4 +21,19 @@ from .fragment import Episodes, Final, Fragment, State, clone, episodes
 from . import multi, same, single, sync
 from .evaluate import Evaluation, evaluate
 
-__all__ = ["Actor", "Fragment", "State", "Final", "Episodes", "episodes", "clone", "errors", "same", "single", "multi", "sync", "evaluate", "Evaluation"]
+__all__ = [
+    "Actor",
+    "Fragment",
+    "State",
+    "Final",
+    "Episodes",
+    "episodes",
+    "clone",
+    "errors",
+    "same",
+    "single",
+    "multi",
+    "sync",
+    "evaluate",
+    "Evaluation",
+]

@@ -29,7 +29,9 @@ def _check_signature(cls: type, name: str, n_positional: int, keywords: Tuple[st
     var_positional = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     positional = [p for p in params if p.kind in _POSITIONAL]
-    accepted = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    accepted = {
+        p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
     problems = []
     n_pos = len(positional) - sum(p.name in keywords for p in positional)
     if n_pos < n_positional and not var_positional:
@@ -43,8 +45,7 @@ def _check_signature(cls: type, name: str, n_positional: int, keywords: Tuple[st
     if problems:
         found = f"{name}{inspect.signature(method)}"
         raise ActorContractError(
-            f"{cls.__name__}.{name} has the wrong signature: {'; '.join(problems)}. "
-            f"Expected {expected}, found {found}"
+            f"{cls.__name__}.{name} has the wrong signature: {'; '.join(problems)}. Expected {expected}, found {found}"
         )
 
 

@@ -82,5 +82,9 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
 
 def final_spec(obs: Any, actor: Any) -> Final:
     one = (1, 1)
-    return Final(obs=obs, actor=actor, episode_return=torch.zeros(one, dtype=torch.float64),
-                 episode_length=torch.zeros(one, dtype=torch.int64))
+    return Final(
+        obs=obs,
+        actor=actor,
+        episode_return=torch.zeros(one, dtype=torch.float64),
+        episode_length=torch.zeros(one, dtype=torch.int64),
+    )

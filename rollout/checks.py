@@ -23,7 +23,9 @@ def device(value: Union[None, str, torch.device]) -> Optional[torch.device]:
     try:
         result = torch.device(value)
     except (RuntimeError, TypeError) as error:
-        raise ConfigurationError(f"device: expected a torch device such as 'cpu' or 'cuda:0', found {value!r} ({error})") from None
+        raise ConfigurationError(
+            f"device: expected a torch device such as 'cpu' or 'cuda:0', found {value!r} ({error})"
+        ) from None
     if result.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigurationError(

@@ -97,12 +97,17 @@ class _Plan:
         obs_spec, act_spec = context.obs_layout.spec, context.act_layout.spec
         # Actor inputs for row t, as (1, B, ...) views: no allocation in the loop.
         self.inputs = [
-            (state.stepno[t:t + 1], optree.tree_unflatten(obs_spec, [x[t:t + 1] for x in obs]),
-             optree.tree_unflatten(act_spec, [x[t:t + 1] for x in act]), state.rew[t:t + 1], state.fin[t:t + 1])
+            (
+                state.stepno[t : t + 1],
+                optree.tree_unflatten(obs_spec, [x[t : t + 1] for x in obs]),
+                optree.tree_unflatten(act_spec, [x[t : t + 1] for x in act]),
+                state.rew[t : t + 1],
+                state.fin[t : t + 1],
+            )
             for t in rows
         ]
-        self.act_rows = [[x[t:t + 1] for x in act] for t in rows]
-        self.actor_rows = [[x[t:t + 1] for x in actor] for t in rows]
+        self.act_rows = [[x[t : t + 1] for x in act] for t in rows]
+        self.actor_rows = [[x[t : t + 1] for x in actor] for t in rows]
         obs_np = [buffers.numpy_view(x) for x in obs]
         act_np = [buffers.numpy_view(x) for x in act]
         final_obs_np = [buffers.numpy_view(x) for x in self.final_obs_leaves]
@@ -165,7 +170,10 @@ class Context:
 
     def _check_buffer(self, fragment: Fragment) -> None:
         expected = buffers.allocate(optree.tree_map(lambda x: x.to("meta"), self.spec), self.n_steps, self.n_envs)
-        layout = lambda tree: (optree.tree_structure(tree), [(tuple(x.shape), x.dtype) for x in optree.tree_leaves(tree)])  # noqa: E731
+
+        def layout(tree):
+            return optree.tree_structure(tree), [(tuple(x.shape), x.dtype) for x in optree.tree_leaves(tree)]
+
         if not isinstance(fragment, Fragment) or layout(fragment) != layout(expected):
             raise ConfigurationError(
                 f"the fragment buffer does not match this context: expected {layout(expected)}, found {layout(fragment)}"
@@ -185,21 +193,29 @@ def _check_outputs(out: Any, B: int, act_layout: Layout, where: str) -> None:
     leaves, spec = optree.tree_flatten(act)
     found = paths(spec)
     if found != act_layout.paths:
-        raise ActorContractError(f"{where}: the action must be nested like the action space {act_layout.space!r} with leaves {act_layout.paths}, found leaves {found}")
+        raise ActorContractError(
+            f"{where}: the action must be nested like the action space {act_layout.space!r} with leaves {act_layout.paths}, found leaves {found}"
+        )
     for path, leaf, shape, dtype in zip(act_layout.paths, leaves, act_layout.shapes, act_layout.dtypes):
         expected = (1, B, *shape)
         if not isinstance(leaf, torch.Tensor) or tuple(leaf.shape) != expected or leaf.dtype != torch_dtype(dtype):
-            raise ActorContractError(f"{where}: action{path}: expected a tensor of shape {expected} and dtype {torch_dtype(dtype)}, found {_tensor_str(leaf)}")
+            raise ActorContractError(
+                f"{where}: action{path}: expected a tensor of shape {expected} and dtype {torch_dtype(dtype)}, found {_tensor_str(leaf)}"
+            )
     if not isinstance(info, dict):
         raise ActorContractError(f"{where}: info must be a (nested) dict of tensors, found {type(info).__name__}")
     leaves, spec = optree.tree_flatten(info)
     for path, leaf in zip(paths(spec), leaves):
         if not isinstance(leaf, torch.Tensor) or leaf.dim() < 2 or tuple(leaf.shape[:2]) != (1, B):
-            raise ActorContractError(f"{where}: info{path}: expected a tensor of shape (1, {B}, ...), found {_tensor_str(leaf)}")
+            raise ActorContractError(
+                f"{where}: info{path}: expected a tensor of shape (1, {B}, ...), found {_tensor_str(leaf)}"
+            )
     leaves, spec = optree.tree_flatten(hx)
     for path, leaf in zip(paths(spec), leaves):
         if not isinstance(leaf, torch.Tensor) or leaf.dim() < 2 or leaf.shape[1] != B:
-            raise ActorContractError(f"{where}: hx{path}: expected a tensor with batch size {B} at dim 1, found {_tensor_str(leaf)}")
+            raise ActorContractError(
+                f"{where}: hx{path}: expected a tensor with batch size {B} at dim 1, found {_tensor_str(leaf)}"
+            )
 
 
 def _tensor_str(x: Any) -> str:
@@ -215,7 +231,9 @@ def _copy_rows(spec: optree.PyTreeSpec, value: Any, rows: List[torch.Tensor], wh
         raise StructureError(f"the actor's {what} changed structure: expected {spec}, found {found_spec}")
     for dst, src in zip(rows, found):
         if src.shape != dst.shape:
-            raise ActorContractError(f"the actor's {what} changed shape: expected {tuple(dst.shape)}, found {_tensor_str(src)}")
+            raise ActorContractError(
+                f"the actor's {what} changed shape: expected {tuple(dst.shape)}, found {_tensor_str(src)}"
+            )
         dst.copy_(src)
 
 
@@ -228,12 +246,14 @@ def _copier(spec: optree.PyTreeSpec, what: str) -> Callable[[Any, List[torch.Ten
     """
     Tensor = torch.Tensor
     if spec.is_leaf():
+
         def copy(value, rows):
             dst = rows[0]
             if type(value) is Tensor and value.shape == dst.shape:
                 dst.copy_(value)
             else:
                 _copy_rows(spec, value, rows, what)
+
         return copy
     if spec.kind == optree.PyTreeKind.DICT and all(child.is_leaf() for child in spec.children()):
         keys, n = spec.entries(), spec.num_leaves
@@ -246,6 +266,7 @@ def _copier(spec: optree.PyTreeSpec, what: str) -> Callable[[Any, List[torch.Ten
                         dst.copy_(src)
                     return
             _copy_rows(spec, value, rows, what)
+
         return copy
     return lambda value, rows: _copy_rows(spec, value, rows, what)
 
@@ -298,7 +319,9 @@ def startup(
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ConfigurationError(f"n_steps must be a positive int, found {n_steps!r}")
     if sticky and envs.batched:
-        raise ConfigurationError("sticky=True needs single envs: a batched env cannot leave its finished envs unstepped")
+        raise ConfigurationError(
+            "sticky=True needs single envs: a batched env cannot leave its finished envs unstepped"
+        )
     context = Context(envs, actor, n_steps, sticky)
     B = len(envs)
     obs_layout = Layout(envs.observation_space, "observation")
@@ -393,7 +416,9 @@ def _reset(actor: Actor, hx: Any, at: torch.Tensor, spec: optree.PyTreeSpec) -> 
     hx = actor.reset(hx, at.to(optree.tree_leaves(hx)[0].device))
     found = optree.tree_structure(hx)
     if found != spec:
-        raise ActorContractError(f"{type(actor).__name__}.reset changed the structure of hx: expected {spec}, found {found}")
+        raise ActorContractError(
+            f"{type(actor).__name__}.reset changed the structure of hx: expected {spec}, found {found}"
+        )
     return hx
 
 
@@ -404,7 +429,9 @@ def _batched_obs(layout: Layout, value: Any, B: int, where: str) -> List[np.ndar
     layout.spec = spec
     for path, leaf, shape, dtype in zip(layout.paths, leaves, layout.shapes, layout.dtypes):
         if not isinstance(leaf, np.ndarray) or leaf.shape != (B, *shape) or leaf.dtype != dtype:
-            raise EnvError(f"{where}: observation{path}: expected an array of shape {(B, *shape)} and dtype {dtype}, found {leaf!r:.60}")
+            raise EnvError(
+                f"{where}: observation{path}: expected an array of shape {(B, *shape)} and dtype {dtype}, found {leaf!r:.60}"
+            )
     return leaves
 
 
@@ -451,16 +478,28 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         frozen[:] = False
         hx = context.hx
         for t in range(T):
-            act, hx_next, info = actor.step(*(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False)
+            act, hx_next, info = actor.step(
+                *(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False
+            )
             copy_act(act, plan.act_rows[t + 1])
             copy_info(info, plan.actor_rows[t])
             if not (stateless and type(hx_next) is tuple and not hx_next) and optree.tree_structure(hx_next) != hx_spec:
-                raise StructureError(f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}")
+                raise StructureError(
+                    f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}"
+                )
 
             t1 = t + 1
             term = plan.terminated[t1]
-            any_ended = envs.step(plan.act_np[t1], plan.obs_np[t1], plan.final_obs_np[t1], plan.rew[t1], term,
-                                  truncated, plan.env_np[t], frozen if sticky else None)
+            any_ended = envs.step(
+                plan.act_np[t1],
+                plan.obs_np[t1],
+                plan.final_obs_np[t1],
+                plan.rew[t1],
+                term,
+                truncated,
+                plan.env_np[t],
+                frozen if sticky else None,
+            )
             stepno += 1
             ret += plan.rew[t1]
             if progress is not None:
@@ -499,7 +538,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         _, _, info = actor.step(*_to(device, plan.inputs[T]), hx=hx, virtual=True)
         copy_info(info, plan.actor_rows[T])
         for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
-            dst.copy_(src[T:T + 1])
+            dst.copy_(src[T : T + 1])
         context.hx = hx
         context.sequence += 1
     return fragment
@@ -508,7 +547,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.ndarray, stepno: np.ndarray) -> None:
     """Record the actor's virtual reaction to the true final observations of truncated envs."""
     at = torch.from_numpy(np.flatnonzero(truncated))
-    take = lambda x: x[t1:t1 + 1].index_select(1, at)  # noqa: E731
+    take = lambda x: x[t1 : t1 + 1].index_select(1, at)  # noqa: E731
     state = plan.fragment.state
     inputs = (
         torch.from_numpy(stepno[truncated]).unsqueeze(0),
@@ -523,4 +562,4 @@ def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.nd
     if spec != context.info_spec:
         raise StructureError(f"the actor's info changed structure: expected {context.info_spec}, found {spec}")
     for dst, src in zip(plan.final_actor_leaves, found):
-        dst[t1:t1 + 1].index_copy_(1, at, src.to(dst.device))
+        dst[t1 : t1 + 1].index_copy_(1, at, src.to(dst.device))

@@ -97,7 +97,9 @@ class LegacyEnv:
         if len(out) == 5:
             return out
         if len(out) != 4:
-            raise EnvError(f"{type(self.env).__name__}.step returned {len(out)} values; expected 4 (legacy gym) or 5 (gymnasium)")
+            raise EnvError(
+                f"{type(self.env).__name__}.step returned {len(out)} values; expected 4 (legacy gym) or 5 (gymnasium)"
+            )
         obs, rew, done, info = out
         truncated = bool(info.get("TimeLimit.truncated", False)) if isinstance(info, dict) else False
         return obs, rew, bool(done) and not truncated, truncated, info
@@ -141,12 +143,18 @@ def make_env(factory: Callable, seed: Optional[int]) -> Any:
     """
     if not callable(factory):
         raise ConfigurationError(f"expected an env factory (a callable), found {type(factory).__name__}")
-    params = [p for p in _parameters(factory).values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    params = [
+        p
+        for p in _parameters(factory).values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     env = factory(seed) if params and not isinstance(factory, type) else factory()
     try:
         return adapt(env)
     except EnvError as error:
-        raise EnvError(f"the env factory {getattr(factory, '__name__', factory)!r} did not return an env: {error}") from None
+        raise EnvError(
+            f"the env factory {getattr(factory, '__name__', factory)!r} did not return an env: {error}"
+        ) from None
 
 
 def env_seeds(seed: Union[None, int, np.random.SeedSequence], n: int) -> List[int]:
@@ -190,7 +198,9 @@ class Layout:
         for path, leaf in zip(self.paths, spaces):
             shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
             if shape is None or dtype is None:
-                raise EnvError(f"{name}{path}: space {leaf!r} has no fixed shape and dtype; only Box, Discrete, MultiDiscrete, MultiBinary, Dict and Tuple spaces are supported")
+                raise EnvError(
+                    f"{name}{path}: space {leaf!r} has no fixed shape and dtype; only Box, Discrete, MultiDiscrete, MultiBinary, Dict and Tuple spaces are supported"
+                )
             self.shapes.append(tuple(shape))
             self.dtypes.append(np.dtype(dtype))
         self.spec: optree.PyTreeSpec = self.space_spec
@@ -201,7 +211,9 @@ class Layout:
         leaves, spec = optree.tree_flatten(value)
         found = paths(spec)
         if found != self.paths:
-            raise EnvError(f"{where}: expected the structure of {self.name} {self.space!r} with leaves {self.paths}, found leaves {found}")
+            raise EnvError(
+                f"{where}: expected the structure of {self.name} {self.space!r} with leaves {self.paths}, found leaves {found}"
+            )
         for path, leaf, shape, dtype in zip(self.paths, leaves, self.shapes, self.dtypes):
             _leaf_array(leaf, shape, dtype, f"{where}{path}")
         self.spec = spec
@@ -231,7 +243,9 @@ def _recordable(value: Any) -> bool:
     return array is not None and array.dtype.kind in "biuf"
 
 
-def info_examples(env_info: Union[None, Sequence[str], Mapping[str, Any]], probe: Optional[dict]) -> Dict[str, np.ndarray]:
+def info_examples(
+    env_info: Union[None, Sequence[str], Mapping[str, Any]], probe: Optional[dict]
+) -> Dict[str, np.ndarray]:
     """Examples (shape and dtype) of the env-info keys to record.
 
     ``env_info`` None: every top-level key of ``probe`` (the info of one probe step) whose value
@@ -242,14 +256,22 @@ def info_examples(env_info: Union[None, Sequence[str], Mapping[str, Any]], probe
         out = {}
         for key, example in env_info.items():
             if not _recordable(example):
-                raise ConfigurationError(f"env_info[{key!r}]: expected a number or a numeric array as an example, found {_describe(example)}")
+                raise ConfigurationError(
+                    f"env_info[{key!r}]: expected a number or a numeric array as an example, found {_describe(example)}"
+                )
             out[key] = np.asarray(example)
         return out
     probe = probe or {}
     if env_info is None:
-        return {key: np.asarray(value) for key, value in probe.items() if isinstance(key, str) and not key.startswith("_") and _recordable(value)}
+        return {
+            key: np.asarray(value)
+            for key, value in probe.items()
+            if isinstance(key, str) and not key.startswith("_") and _recordable(value)
+        }
     if isinstance(env_info, str):
-        raise ConfigurationError(f"env_info: expected a sequence of key names or a mapping, found the string {env_info!r}")
+        raise ConfigurationError(
+            f"env_info: expected a sequence of key names or a mapping, found the string {env_info!r}"
+        )
     out = {}
     for key in env_info:
         if key not in probe or not _recordable(probe[key]):
@@ -519,14 +541,21 @@ def make_batch(
             raise ConfigurationError("n_envs is required with an env factory")
         if not isinstance(n_envs, int) or n_envs < 1:
             raise ConfigurationError(f"n_envs must be a positive int, found {n_envs!r}")
-        seeds = env_seeds(np.random.SeedSequence(seed).spawn(1)[0] if not isinstance(seed, np.random.SeedSequence) else seed.spawn(1)[0], n_envs)
+        seeds = env_seeds(
+            np.random.SeedSequence(seed).spawn(1)[0]
+            if not isinstance(seed, np.random.SeedSequence)
+            else seed.spawn(1)[0],
+            n_envs,
+        )
         built = []
         try:
             for s in seeds:
                 env = make_env(envs, s)
                 if is_batched(env):
                     if n_envs != 1:
-                        raise ConfigurationError(f"the factory returned a VectorEnv; pass n_envs=1 (found n_envs={n_envs})")
+                        raise ConfigurationError(
+                            f"the factory returned a VectorEnv; pass n_envs=1 (found n_envs={n_envs})"
+                        )
                     return BatchedEnv(env, owned=True)
                 built.append(env)
         except BaseException:

@@ -98,4 +98,6 @@ def evaluate(
     finally:
         batch.close()
     order = [done[j][k] for k in range(max(quota)) for j in range(B) if k < len(done[j])]
-    return Evaluation(torch.tensor([r for r, _ in order], dtype=torch.float64), torch.tensor([n for _, n in order], dtype=torch.int64))
+    return Evaluation(
+        torch.tensor([r for r, _ in order], dtype=torch.float64), torch.tensor([n for _, n in order], dtype=torch.int64)
+    )

@@ -126,6 +126,4 @@ def episodes(fragment: Fragment) -> Episodes:
 
 def clone(tree: Any) -> Any:
     """Deep-copy every tensor leaf of a nested structure (other leaves are kept as they are)."""
-    return optree.tree_map(
-        lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree, none_is_leaf=False
-    )
+    return optree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree, none_is_leaf=False)

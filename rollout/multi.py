@@ -135,7 +135,22 @@ def rollout(
     """
     n_actors = positive("n_actors", n_actors)
     seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(n_actors)
-    return collector(factory, actor, n_steps=n_steps, n_actors=n_actors, n_per_actor=n_per_actor,
-                     n_per_batch=n_per_batch, n_buffers=n_buffers, seeds=seeds, sticky=sticky, device=device,
-                     pinned=pinned, start_method=start_method, env_info=env_info, n_threads=n_threads, close=close,
-                     timeout=timeout, stall_timeout=stall_timeout)
+    return collector(
+        factory,
+        actor,
+        n_steps=n_steps,
+        n_actors=n_actors,
+        n_per_actor=n_per_actor,
+        n_per_batch=n_per_batch,
+        n_buffers=n_buffers,
+        seeds=seeds,
+        sticky=sticky,
+        device=device,
+        pinned=pinned,
+        start_method=start_method,
+        env_info=env_info,
+        n_threads=n_threads,
+        close=close,
+        timeout=timeout,
+        stall_timeout=stall_timeout,
+    )

@@ -13,6 +13,7 @@ import torch
 
 __all__ = ["paths", "path_str", "leaf_spaces", "map_space", "torch_dtype"]
 
+
 def paths(spec: optree.PyTreeSpec) -> List[str]:
     """Readable paths of the leaves of ``spec``, e.g. ``["['pos'][0]", "['vel']"]``."""
     return [path_str(p) for p in spec.paths()]

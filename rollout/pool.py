@@ -69,8 +69,13 @@ _DEPTH = 2  # slots a worker may hold: the one it fills and the next
 _BOOT = 60.0  # seconds a launched worker may take to start running our code (interpreter, imports)
 # What a worker is doing, in its progress record: (heartbeat, state).
 _LAUNCHED, _STARTING, _IDLE, _PULLING, _STEPPING = 0, 1, 2, 3, 4
-_DOING = {_LAUNCHED: "starting its interpreter", _STARTING: "starting (building and resetting its envs)",
-          _IDLE: "idle", _PULLING: "pulling weights", _STEPPING: "stepping envs"}
+_DOING = {
+    _LAUNCHED: "starting its interpreter",
+    _STARTING: "starting (building and resetting its envs)",
+    _IDLE: "idle",
+    _PULLING: "pulling weights",
+    _STEPPING: "stepping envs",
+}
 _GUARD = (
     'the main module starts the collector without an `if __name__ == "__main__":` guard; under the spawn start '
     "method each worker imports the main module again and must not start collectors itself. Put the code that "
@@ -88,8 +93,6 @@ def positive(name: str, value: Any) -> int:
 def _torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return int(sequence.generate_state(2, np.uint32)[1])
-
-
 
 
 @dataclasses.dataclass
@@ -154,14 +157,17 @@ def collector(
             f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
             f"{2 * n_per_batch} (one batch for the learner, one being filled); found n_buffers={n_buffers}"
         )
-    if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float))
-                                      or not stall_timeout > 0):
+    if stall_timeout is not None and (
+        isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0
+    ):
         raise ConfigurationError(f"stall_timeout must be a positive number of seconds or None, found {stall_timeout!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         raise ConfigurationError(f"timeout must be a non-negative number of seconds, found {timeout!r}")
     start_method = start_method or DEFAULT_START_METHOD
     if start_method not in multiprocessing.get_all_start_methods():
-        raise ConfigurationError(f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}")
+        raise ConfigurationError(
+            f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}"
+        )
     if not is_factory(factory):
         raise ConfigurationError(
             f"worker collectors need an env factory (an env class, or a callable returning an env), found {type(factory).__name__}"
@@ -188,18 +194,35 @@ def collector(
     env_info = {key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()}
     n_batches = n_buffers // n_per_batch
     n_weights = len(actor.state_dict())
-    checks.file_descriptors(n_batches * len(optree.tree_leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2,
-                            4 * n_actors + 8, n_buffers)
+    checks.file_descriptors(
+        n_batches * len(optree.tree_leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2, 4 * n_actors + 8, n_buffers
+    )
 
     context = torch.multiprocessing.get_context(start_method)
     pool = _Pool(context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout)
     pool.store = WeightStore(actor)
-    config = WorkerConfig(factory=payload_factory, actor=payload_actor, store=pool.store, batches=pool.batches,
-                          progress=pool.progress, stop=pool.stop_event, parent=os.getpid(), n_steps=n_steps,
-                          n_per_actor=n_per_actor, n_per_batch=n_per_batch, sticky=sticky, env_info=env_info,
-                          n_threads=n_threads, close=close, batched=probe.batched)
-    source = Source(version=lambda: pool.store.version if pool.store is not None else -1, n_workers=n_actors,
-                    last_seen=pool.last_seen)
+    config = WorkerConfig(
+        factory=payload_factory,
+        actor=payload_actor,
+        store=pool.store,
+        batches=pool.batches,
+        progress=pool.progress,
+        stop=pool.stop_event,
+        parent=os.getpid(),
+        n_steps=n_steps,
+        n_per_actor=n_per_actor,
+        n_per_batch=n_per_batch,
+        sticky=sticky,
+        env_info=env_info,
+        n_threads=n_threads,
+        close=close,
+        batched=probe.batched,
+    )
+    source = Source(
+        version=lambda: pool.store.version if pool.store is not None else -1,
+        n_workers=n_actors,
+        last_seen=pool.last_seen,
+    )
     return Feed(_generate(pool, actor, seeds, config, device, pinned), on_close=pool.set_close_timeout, source=source)
 
 
@@ -214,7 +237,9 @@ class _Pool:
     def __init__(self, context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout):
         self.context, self.n_actors, self.n_per_batch = context, n_actors, n_per_batch
         self.timeout, self.stall_timeout = timeout, stall_timeout
-        self.batches = [buffers.allocate(spec, n_steps, n_per_batch * n_per_actor, shared=True) for _ in range(n_batches)]
+        self.batches = [
+            buffers.allocate(spec, n_steps, n_per_batch * n_per_actor, shared=True) for _ in range(n_batches)
+        ]
         self.progress = torch.zeros((n_actors, 2), dtype=torch.int64).share_memory_()
         self.watch = self.progress.numpy()  # the parent's cheap view of it
         self.stop_event = context.Event()
@@ -237,8 +262,12 @@ class _Pool:
         for index, seed in enumerate(seeds):
             parent, child = self.context.Pipe(duplex=True)
             log, stderr = (tempfile.TemporaryFile(), _stderr_handle()) if capture else (None, None)
-            process = self.context.Process(target=_worker_main, args=(index, seed, child, config, stderr), daemon=True,
-                                           name=f"rollout-worker-{index}")
+            process = self.context.Process(
+                target=_worker_main,
+                args=(index, seed, child, config, stderr),
+                daemon=True,
+                name=f"rollout-worker-{index}",
+            )
             try:
                 if log is None:
                     process.start()
@@ -361,7 +390,11 @@ class _Pool:
             pass
         process.join(wait)  # reap it, so that exitcode is known
         code = process.exitcode
-        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        how = (
+            f"was killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
         state = int(self.watch[index, 1])
         message = f"worker {index} (pid {process.pid}) {how} while {_DOING[state]}, without reporting an error"
         tail = _tail(self.stderr[index]) if state == _LAUNCHED else ""
@@ -473,7 +506,10 @@ def _generate(pool: _Pool, actor: Actor, seeds, config: WorkerConfig, device, pi
             if event is not None:
                 event.synchronize()  # the previous asynchronous copy has left the staging buffer
             if staging is None:
-                staging = optree.tree_map(lambda x: torch.empty_like(x).pin_memory() if torch.cuda.is_available() else torch.empty_like(x), batch)
+                staging = optree.tree_map(
+                    lambda x: torch.empty_like(x).pin_memory() if torch.cuda.is_available() else torch.empty_like(x),
+                    batch,
+                )
             optree.tree_map(lambda dst, src: dst.copy_(src), staging, batch)
             if device.type == "cuda":
                 out = optree.tree_map(lambda x: x.to(device, non_blocking=True), staging)
@@ -550,13 +586,10 @@ def _work(index: int, seed, pipe, config: WorkerConfig) -> None:
         factory = cloudpickle.loads(config.factory)
         actor = cloudpickle.loads(config.actor)
         n_per_actor, n_per_batch = config.n_per_actor, config.n_per_batch
-        slots = [
-            buffers.narrow(b, k * n_per_actor, n_per_actor) for b in config.batches for k in range(n_per_batch)
-        ]
+        slots = [buffers.narrow(b, k * n_per_actor, n_per_actor) for b in config.batches for k in range(n_per_batch)]
         batch = make_batch(factory, 1 if config.batched else n_per_actor, seed)  # a VectorEnv is the worker's batch
         mark(_STARTING)
-        context = core.startup(batch, actor, config.n_steps, sticky=config.sticky, seed=seed,
-                               env_info=config.env_info)
+        context = core.startup(batch, actor, config.n_steps, sticky=config.sticky, seed=seed, env_info=config.env_info)
         context.worker, context.progress = index, progress[0:1]
         store, stop = config.store, config.stop
         have = -1

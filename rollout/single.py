@@ -84,6 +84,22 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
-    return collector(factory, actor, n_steps=n_steps, n_actors=1, n_per_actor=n_envs, n_per_batch=1, n_buffers=2,
-                     seeds=[seed], sticky=sticky, device=device, pinned=pinned, start_method=start_method,
-                     env_info=env_info, n_threads=n_threads, close=close, timeout=timeout, stall_timeout=stall_timeout)
+    return collector(
+        factory,
+        actor,
+        n_steps=n_steps,
+        n_actors=1,
+        n_per_actor=n_envs,
+        n_per_batch=1,
+        n_buffers=2,
+        seeds=[seed],
+        sticky=sticky,
+        device=device,
+        pinned=pinned,
+        start_method=start_method,
+        env_info=env_info,
+        n_threads=n_threads,
+        close=close,
+        timeout=timeout,
+        stall_timeout=stall_timeout,
+    )

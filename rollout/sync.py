@@ -52,7 +52,9 @@ class WeightStore:
 
     def __init__(self, module: torch.nn.Module):
         with torch.no_grad():
-            self.tensors = {name: t.detach().to("cpu", copy=True).share_memory_() for name, t in _tensors(module).items()}
+            self.tensors = {
+                name: t.detach().to("cpu", copy=True).share_memory_() for name, t in _tensors(module).items()
+            }
         # sequence: 2 * (version + 1) when stable, odd while the writer copies.
         self.sequence = torch.zeros(1, dtype=torch.int64).share_memory_()
 

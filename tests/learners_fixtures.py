@@ -187,11 +187,16 @@ class ToyCollector:
         b = n_envs
         obs = self._obs()
         self.row = State(
-            torch.zeros(b, dtype=torch.int64), obs, tree_zeros(self._act()), torch.zeros(b),
-            torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool),
+            torch.zeros(b, dtype=torch.int64),
+            obs,
+            tree_zeros(self._act()),
+            torch.zeros(b),
+            torch.ones(b, dtype=torch.bool),
+            torch.zeros(b, dtype=torch.bool),
         )
-        self.final_row = Final(tree_zeros(obs), None, torch.zeros(b, dtype=torch.float64),
-                               torch.zeros(b, dtype=torch.int64))
+        self.final_row = Final(
+            tree_zeros(obs), None, torch.zeros(b, dtype=torch.float64), torch.zeros(b, dtype=torch.int64)
+        )
         self.hx: Any = None
         if module is not None:
             with torch.no_grad():
@@ -204,7 +209,8 @@ class ToyCollector:
     def _obs(self) -> Any:
         return optree.tree_map(
             lambda shape: torch.randn((self.n_envs, *shape), generator=self.generator),
-            self.obs_spec, is_leaf=self._is_shape,
+            self.obs_spec,
+            is_leaf=self._is_shape,
         )
 
     def _act(self) -> torch.Tensor:
@@ -253,17 +259,29 @@ class ToyCollector:
                 lambda stepped, reset, old: torch.where(
                     _rows(frozen, old), old, torch.where(_rows(fin, reset), reset, stepped)
                 ),
-                stepped_obs, reset_obs, row.obs,
+                stepped_obs,
+                reset_obs,
+                row.obs,
             )
             for e in range(b):
                 if real[e]:
-                    self.transitions.append(Transition(
-                        e, _index(row.obs, e), act[e], float(rew[e]), bool(terminal[e]),
-                        _index(stepped_obs, e),
-                    ))
+                    self.transitions.append(
+                        Transition(
+                            e,
+                            _index(row.obs, e),
+                            act[e],
+                            float(rew[e]),
+                            bool(terminal[e]),
+                            _index(stepped_obs, e),
+                        )
+                    )
             new_row = State(
-                torch.where(fin, 0, row.stepno + 1), obs, act,
-                torch.where(frozen, 0.0, rew), fin, torch.where(frozen, True, terminal),
+                torch.where(fin, 0, row.stepno + 1),
+                obs,
+                act,
+                torch.where(frozen, 0.0, rew),
+                fin,
+                torch.where(frozen, True, terminal),
             )
             final_obs = optree.tree_map(lambda x: torch.where(_rows(ended, x), x, 0), stepped_obs)
             final_actor = {"value": torch.zeros(b)}

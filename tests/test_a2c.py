@@ -5,9 +5,20 @@ import torch
 
 from learners import a2c
 from tests.learners_fixtures import (
-    assert_stateless, naive_policy_terms,
-    GRUActor, GaussianActor, MLPActor, ToyCollector, collect, gradients, has_gradient, lagged,
-    naive_next_value, naive_valid, perturb_padding, rewarded_action_probability, 
+    assert_stateless,
+    naive_policy_terms,
+    GRUActor,
+    GaussianActor,
+    MLPActor,
+    ToyCollector,
+    collect,
+    gradients,
+    has_gradient,
+    lagged,
+    naive_next_value,
+    naive_valid,
+    perturb_padding,
+    rewarded_action_probability,
 )
 from tests.test_returns import naive_gae, naive_vtrace
 
@@ -88,8 +99,13 @@ def test_advantages_and_targets_are_detached():
     with torch.no_grad():
         value = module.value(state.obs).squeeze(-1)
         advantage = naive_gae(
-            state.rew[1:].double(), value[:-1].double(), naive_next_value(fragment, value).double(),
-            state.fin[1:], state.terminated[1:], 0.9, 0.9,
+            state.rew[1:].double(),
+            value[:-1].double(),
+            naive_next_value(fragment, value).double(),
+            state.fin[1:],
+            state.terminated[1:],
+            0.9,
+            0.9,
         )
         target = (advantage + value[:-1].double()).float()
     manual = 0.5 * ((module.value(state.obs[:-1]).squeeze(-1) - target) ** 2).mean()

@@ -6,11 +6,14 @@ import torch
 import rollout
 from rollout import same
 from rollout.errors import ActorContractError
-from tests.toys import Corridor, Counter, Nested
+from tests.toys import Corridor
 
 
 def test_wrong_step_signature_is_a_type_error_at_class_definition():
-    with pytest.raises(TypeError, match=r"Bad.step has the wrong signature.*Expected step\(self, stepno, obs, act, rew, fin, /, \*, hx, virtual\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"Bad.step has the wrong signature.*Expected step\(self, stepno, obs, act, rew, fin, /, \*, hx, virtual\)",
+    ):
 
         class Bad(rollout.Actor):
             def step(self, obs, hx):
@@ -84,10 +87,18 @@ class ChangingInfo(rollout.Actor):
 @pytest.mark.parametrize(
     "actor, envs, message",
     [
-        (WrongBatch(), [Corridor(), Corridor()], r"action: expected a tensor of shape \(1, 2\) and dtype torch.int64, found a tensor of shape \(1, 1\)"),
+        (
+            WrongBatch(),
+            [Corridor(), Corridor()],
+            r"action: expected a tensor of shape \(1, 2\) and dtype torch.int64, found a tensor of shape \(1, 1\)",
+        ),
         (WrongDtype(), [Corridor()], r"action: expected .* dtype torch.int64, found .* dtype torch.float32"),
         (WrongNesting(), [Corridor()], r"nested like the action space .* found leaves \[\"\['move'\]\"\]"),
-        (WrongInfo(), [Corridor()], r"info\['value'\]: expected a tensor of shape \(1, 1, \.\.\.\), found a tensor of shape \(3,\)"),
+        (
+            WrongInfo(),
+            [Corridor()],
+            r"info\['value'\]: expected a tensor of shape \(1, 1, \.\.\.\), found a tensor of shape \(3,\)",
+        ),
         (NotATuple(), [Corridor()], r"must return a tuple \(act, hx, info\)"),
     ],
 )

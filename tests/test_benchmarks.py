@@ -19,7 +19,12 @@ def test_quick_run_reports_every_configuration(tmp_path, capsys):
     assert saved["machine"]["cores"] == os.cpu_count() and len(saved["machine"]["loadavg_after"]) == 3
     assert saved["versions"]["torch"] and saved["settings"]["torch_threads"] == 1
     measured = {(r["env"], r["collector"], r["total_envs"]) for g in saved["groups"] for r in g["results"]}
-    assert {("cartpole", "hand", 4), ("cartpole", "same", 8), ("cartpole", "multi", 8), ("pixels", "same", 2)} <= measured
+    assert {
+        ("cartpole", "hand", 4),
+        ("cartpole", "same", 8),
+        ("cartpole", "multi", 8),
+        ("pixels", "same", 2),
+    } <= measured
     for group in saved["groups"]:
         for r in group["results"]:
             assert len(r["samples"]) == 2 and all(x > 0 for x in r["samples"])
@@ -38,8 +43,17 @@ def test_ratios_pair_measurements_of_the_same_round():
     m1 = Config("cartpole", "mlp", "multi", 8, 1)
     m2 = Config("cartpole", "mlp", "multi", 8, 2)
     other = Config("cartpole", "mlp", "hand", 16, 1)
-    group = Group("g", [a, h, m1, m2, other], results={a: [90.0, 40.0, 100.0], h: [100.0, 50.0, 100.0],
-                                                       m1: [10.0, 10.0, 10.0], m2: [19.0, 18.0, 20.0], other: [1.0] * 3})
+    group = Group(
+        "g",
+        [a, h, m1, m2, other],
+        results={
+            a: [90.0, 40.0, 100.0],
+            h: [100.0, 50.0, 100.0],
+            m1: [10.0, 10.0, 10.0],
+            m2: [19.0, 18.0, 20.0],
+            other: [1.0] * 3,
+        },
+    )
     r = throughput.ratios(group)
     assert r[a]["hand"] == {"median": 0.9, "min": 0.8, "max": 1.0}  # per round, not ratio of medians (0.9)
     assert r[m2]["scaling"] == {"median": 1.9, "min": 1.8, "max": 2.0}
@@ -50,21 +64,49 @@ def test_ratios_pair_measurements_of_the_same_round():
 def test_inapplicable_configurations_are_skipped_with_a_reason():
     assert "one worker" in throughput._skip(Config("cartpole", "mlp", "single", 8, 2), throughput.ENVS["cartpole"])
     assert "pixel" in throughput._skip(Config("pixels", "mlp", "same", 8, 1), throughput.ENVS["pixels"])
-    assert "batched" in throughput._skip(Config("cartpole-batched", "mlp", "multi", 8, 2), throughput.ENVS["cartpole-batched"])
+    assert "batched" in throughput._skip(
+        Config("cartpole-batched", "mlp", "multi", 8, 2), throughput.ENVS["cartpole-batched"]
+    )
     assert throughput._skip(Config("cartpole", "mlp", "same", 8, 1), throughput.ENVS["cartpole"]) is None
 
 
 def test_targets_read_the_median_ratios_of_the_named_configurations():
     def result(collector, n_envs, n_actors, ratios, env="cartpole"):
-        return {"env": env, "policy": "mlp", "collector": collector, "n_envs": n_envs, "n_actors": n_actors, "ratios": ratios}
+        return {
+            "env": env,
+            "policy": "mlp",
+            "collector": collector,
+            "n_envs": n_envs,
+            "n_actors": n_actors,
+            "ratios": ratios,
+        }
 
-    groups = [{"results": [
-        result("same", 8, 1, {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}, "gym-sync": {"median": 0.99, "min": 0.9, "max": 1.1}}),
-        result("multi", 8, 2, {"same per worker": {"median": 1.8, "min": 1.7, "max": 1.9}}),
-        result("multi", 8, 2, {"scaling": {"median": 1.7, "min": 1.6, "max": 1.9}}, env="busy500"),
-    ]}]
+    groups = [
+        {
+            "results": [
+                result(
+                    "same",
+                    8,
+                    1,
+                    {
+                        "hand": {"median": 0.95, "min": 0.9, "max": 1.0},
+                        "gym-sync": {"median": 0.99, "min": 0.9, "max": 1.1},
+                    },
+                ),
+                result("multi", 8, 2, {"same per worker": {"median": 1.8, "min": 1.7, "max": 1.9}}),
+                result("multi", 8, 2, {"scaling": {"median": 1.7, "min": 1.6, "max": 1.9}}, env="busy500"),
+            ]
+        }
+    ]
     checks = throughput.targets(groups)
-    assert checks["same >= 0.9x hand, 8 envs"] == {"value": 0.95, "min": 0.9, "max": 1.0, "limit": 0.9, "met": True, "group": None}
+    assert checks["same >= 0.9x hand, 8 envs"] == {
+        "value": 0.95,
+        "min": 0.9,
+        "max": 1.0,
+        "limit": 0.9,
+        "met": True,
+        "group": None,
+    }
     assert checks["same >= 1.0x gym-sync, 8 envs"]["met"] is False
     assert checks["multi 2x8 >= 1.75x same with 8 envs"]["met"] is True
     assert checks["busy500: multi 2x8 >= 1.8x multi 1x8"]["met"] is False
@@ -72,10 +114,30 @@ def test_targets_read_the_median_ratios_of_the_named_configurations():
 
 
 def test_markdown_lists_targets_results_and_skips():
-    report = {"groups": [{"name": "g", "results": [
-        {"env": "cartpole", "policy": "mlp", "collector": "same", "n_envs": 8, "n_actors": 1, "label": "same 8",
-         "median": 100.0, "min": 90.0, "max": 110.0, "ratios": {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}}},
-    ], "skipped": [{"env": "cartpole", "policy": "mlp", "label": "envpool 8", "reason": "envpool not installed"}]}]}
+    report = {
+        "groups": [
+            {
+                "name": "g",
+                "results": [
+                    {
+                        "env": "cartpole",
+                        "policy": "mlp",
+                        "collector": "same",
+                        "n_envs": 8,
+                        "n_actors": 1,
+                        "label": "same 8",
+                        "median": 100.0,
+                        "min": 90.0,
+                        "max": 110.0,
+                        "ratios": {"hand": {"median": 0.95, "min": 0.9, "max": 1.0}},
+                    },
+                ],
+                "skipped": [
+                    {"env": "cartpole", "policy": "mlp", "label": "envpool 8", "reason": "envpool not installed"}
+                ],
+            }
+        ]
+    }
     text = throughput.markdown(report)
     assert "| same >= 0.9x hand, 8 envs | 0.95 [0.90-1.00] | yes | g |" in text
     assert "| cartpole / mlp | **same 8** | 100 [90-110] | /hand 0.95 [0.90-1.00] |" in text

@@ -1,6 +1,5 @@
 """Exact fragment contents on deterministic toy envs (DESIGN §4), row by row."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -138,7 +137,9 @@ def test_reproducible_with_the_same_seed():
     a, b, c = run(5), run(5), run(6)
     import optree
 
-    assert all(torch.equal(x, y) for fa, fb in zip(a, b) for x, y in zip(optree.tree_leaves(fa), optree.tree_leaves(fb)))
+    assert all(
+        torch.equal(x, y) for fa, fb in zip(a, b) for x, y in zip(optree.tree_leaves(fa), optree.tree_leaves(fb))
+    )
     assert not torch.equal(a[0].state.obs, c[0].state.obs)
 
 
@@ -173,7 +174,10 @@ def test_reused_buffer_clears_final_where_episodes_ended_before():
 def test_pool_slots_filled_by_other_workers_clear_final():
     from rollout import multi
     import functools
+
     factory = functools.partial(Corridor, length=10, max_steps=3)
-    with multi.rollout(factory, Counter(), 4, n_actors=2, n_per_actor=2, n_per_batch=1, start_method="fork", seed=0) as feed:
+    with multi.rollout(
+        factory, Counter(), 4, n_actors=2, n_per_actor=2, n_per_batch=1, start_method="fork", seed=0
+    ) as feed:
         for _ in range(12):
             _assert_final_empty_outside_fin(next(feed))

@@ -2,12 +2,9 @@
 
 import gymnasium
 import numpy as np
-import optree
 import pytest
 import torch
-from gymnasium import spaces
 
-import rollout
 from rollout import same
 from rollout.errors import ConfigurationError, EnvError, StructureError
 from tests.toys import Corridor, Counter, Feedforward, LegacyCorridor, Nested, NestedActor, Point, PointActor, PointEnv
@@ -66,7 +63,9 @@ def test_real_gym_package_env_if_installed():
 
 
 def test_gymnasium_make_with_render_mode_none():
-    with same.rollout(lambda: gymnasium.make("CartPole-v1", render_mode=None), Feedforward(), 8, n_envs=2, seed=0) as feed:
+    with same.rollout(
+        lambda: gymnasium.make("CartPole-v1", render_mode=None), Feedforward(), 8, n_envs=2, seed=0
+    ) as feed:
         f = next(feed)
     assert f.state.obs.shape == (9, 2, 4)
 
@@ -123,12 +122,17 @@ class ChangesShape(Corridor):
 
 
 def test_observation_of_wrong_shape_is_named():
-    with pytest.raises(EnvError, match=r"env 0: reset\(\) observation.*expected shape \(1,\) and dtype int64, found array of shape \(3,\)"):
+    with pytest.raises(
+        EnvError,
+        match=r"env 0: reset\(\) observation.*expected shape \(1,\) and dtype int64, found array of shape \(3,\)",
+    ):
         same.rollout([WrongShape()], Counter(), 4)
 
 
 def test_observation_of_wrong_dtype_is_named():
-    with pytest.raises(EnvError, match=r"expected shape \(1,\) and dtype int64, found array of shape \(1,\) and dtype float32"):
+    with pytest.raises(
+        EnvError, match=r"expected shape \(1,\) and dtype int64, found array of shape \(1,\) and dtype float32"
+    ):
         same.rollout([WrongDtype()], Counter(), 4)
 
 

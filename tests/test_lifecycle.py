@@ -16,7 +16,11 @@ def positive(value) -> bool:
 
 
 def stats_ok(s) -> bool:
-    return set(s) == {"median", "min", "max", "n"} and all(positive(s[k]) for k in s) and s["min"] <= s["median"] <= s["max"]
+    return (
+        set(s) == {"median", "min", "max", "n"}
+        and all(positive(s[k]) for k in s)
+        and s["min"] <= s["median"] <= s["max"]
+    )
 
 
 @pytest.mark.timeout(180)
@@ -34,7 +38,9 @@ def test_lifecycle_quick_runs_and_reports():
 
     for name in ("5k", "0.5M", "5M"):
         s = r["sync_latency"][name]
-        assert positive(s["params"]) and all(stats_ok({**s[k], "n": 1}) for k in ("publish_ms", "pull_ms", "nochange_pull_ms"))
+        assert positive(s["params"]) and all(
+            stats_ok({**s[k], "n": 1}) for k in ("publish_ms", "pull_ms", "nochange_pull_ms")
+        )
         assert s["nochange_copied"] is False and s["change_copied"] is True
 
     for name in ("single_8", "multi_2x8_batch1", "multi_2x8_batch2"):
@@ -53,11 +59,16 @@ def test_lifecycle_quick_runs_and_reports():
         assert all(positive(pss[name][k]) for k in ("peak_mib", "processes", "samples", "steps_per_s"))
         assert pss[name]["peak_mib"] >= pss["baseline_mib"] * 0.5
 
-    assert {"double_buffering_ratio", "publish_ms_5M", "pull_only_on_change", "first_fragment_s_spawn"} <= set(r["targets"])
+    assert {"double_buffering_ratio", "publish_ms_5M", "pull_only_on_change", "first_fragment_s_spawn"} <= set(
+        r["targets"]
+    )
     assert "MISSED" in lifecycle.report(r) or "met" in lifecycle.report(r)
 
     assert lifecycle.leftover_workers() == []
     assert multiprocessing.active_children() == []
     helpers = ("resource_tracker", "forkserver")
-    assert [p for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE and not any(h in " ".join(p.cmdline()) for h in helpers)] == []
+    assert [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE and not any(h in " ".join(p.cmdline()) for h in helpers)
+    ] == []

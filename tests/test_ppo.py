@@ -10,8 +10,16 @@ from torch.distributions import Categorical
 from learners import a2c, ppo
 from tests.learners_fixtures import (
     assert_stateless,
-    GRUActor, GaussianActor, MLPActor, collect, gradients, has_gradient, lagged,
-    perturb_padding, rewarded_action_probability, tree_equal,
+    GRUActor,
+    GaussianActor,
+    MLPActor,
+    collect,
+    gradients,
+    has_gradient,
+    lagged,
+    perturb_padding,
+    rewarded_action_probability,
+    tree_equal,
 )
 
 

@@ -5,9 +5,16 @@ import torch
 
 from learners import reinforce
 from tests.learners_fixtures import (
-    assert_stateless, naive_policy_terms,
-    MLPActor, collect, gradients, has_gradient, naive_next_value, naive_valid,
-    perturb_padding, rewarded_action_probability, 
+    assert_stateless,
+    naive_policy_terms,
+    MLPActor,
+    collect,
+    gradients,
+    has_gradient,
+    naive_next_value,
+    naive_valid,
+    perturb_padding,
+    rewarded_action_probability,
 )
 from tests.test_returns import naive_discounted
 

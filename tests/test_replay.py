@@ -37,22 +37,30 @@ def build(columns):
 
 
 # (obs, fin, terminated, final_obs, length); env 1 is sticky: frozen after its end at row 1.
-FIRST = build([
-    [(10, False, False, 0, 0), (11, False, False, 0, 0), (20, True, False, 12, 2), (21, False, False, 0, 0)],
-    [(50, False, False, 0, 0), (60, True, True, 51, 1), (60, True, True, 0, 0), (60, True, True, 0, 0)],
-])
-SECOND = build([
-    [(21, False, False, 0, 0), (30, True, True, 22, 2), (31, False, False, 0, 0), (32, False, False, 0, 0)],
-    [(60, True, True, 0, 0), (61, False, False, 0, 0), (62, False, False, 0, 0), (63, False, False, 0, 0)],
-])
+FIRST = build(
+    [
+        [(10, False, False, 0, 0), (11, False, False, 0, 0), (20, True, False, 12, 2), (21, False, False, 0, 0)],
+        [(50, False, False, 0, 0), (60, True, True, 51, 1), (60, True, True, 0, 0), (60, True, True, 0, 0)],
+    ]
+)
+SECOND = build(
+    [
+        [(21, False, False, 0, 0), (30, True, True, 22, 2), (31, False, False, 0, 0), (32, False, False, 0, 0)],
+        [(60, True, True, 0, 0), (61, False, False, 0, 0), (62, False, False, 0, 0), (63, False, False, 0, 0)],
+    ]
+)
 # (obs, terminated, next_obs) in row-major order; act and rew follow from obs.
 EXPECTED = [
-    (10, False, 11), (50, True, 51),  # env 1 terminates: next_obs is its final observation
-    (11, False, 12),                  # env 0 truncated: next_obs is the final one, not the reset 20
-    (20, False, 21),                  # env 1's rows 2, 3 are padding: nothing
-    (21, True, 22), (60, False, 61),  # row 0 of the second fragment repeats row 3: no duplicate
-    (30, False, 31), (61, False, 62),
-    (31, False, 32), (62, False, 63),
+    (10, False, 11),
+    (50, True, 51),  # env 1 terminates: next_obs is its final observation
+    (11, False, 12),  # env 0 truncated: next_obs is the final one, not the reset 20
+    (20, False, 21),  # env 1's rows 2, 3 are padding: nothing
+    (21, True, 22),
+    (60, False, 61),  # row 0 of the second fragment repeats row 3: no duplicate
+    (30, False, 31),
+    (61, False, 62),
+    (31, False, 32),
+    (62, False, 63),
 ]
 
 
@@ -142,5 +150,12 @@ def test_errors():
     with pytest.raises(ValueError, match=r"do not match the stored ones.*\(4,\).*\(5,\)"):
         buffer.add(ToyCollector(2, obs_spec=(5,), seed=0).fragment(3))
     with pytest.raises(ValueError, match="same leading size N"):
-        buffer.extend(Transitions(torch.zeros(3, 4), torch.zeros(2, dtype=torch.int64), torch.zeros(3),
-                                  torch.zeros(3, dtype=torch.bool), torch.zeros(3, 4)))
+        buffer.extend(
+            Transitions(
+                torch.zeros(3, 4),
+                torch.zeros(2, dtype=torch.int64),
+                torch.zeros(3),
+                torch.zeros(3, dtype=torch.bool),
+                torch.zeros(3, 4),
+            )
+        )

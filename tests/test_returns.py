@@ -35,8 +35,16 @@ def make_data(shape, seed, p_end=0.5):
             next_value[i] = truncation_value[i]
         else:
             next_value[i] = values[later]
-    return dict(rew=rew, values=values, value=values[:-1], next_value=next_value, fin=fin,
-                terminated=terminated, truncation_value=truncation_value, log_rho=log_rho)
+    return dict(
+        rew=rew,
+        values=values,
+        value=values[:-1],
+        next_value=next_value,
+        fin=fin,
+        terminated=terminated,
+        truncation_value=truncation_value,
+        log_rho=log_rho,
+    )
 
 
 def columns(*tensors):
@@ -81,10 +89,12 @@ def naive_gae(rew, value, next_value, fin, terminated, gamma, lam):
     for r, v, nv, f, d in zip(*columns(rew, value, next_value, fin, terminated)):
         n_steps = len(r)
         delta = [r[t] + gamma * (0.0 if d[t] else nv[t]) - v[t] for t in range(n_steps)]
-        out.append([
-            sum((gamma * lam) ** (k - t) * delta[k] for k in range(t, end_of(t, f, n_steps) + 1))
-            for t in range(n_steps)
-        ])
+        out.append(
+            [
+                sum((gamma * lam) ** (k - t) * delta[k] for k in range(t, end_of(t, f, n_steps) + 1))
+                for t in range(n_steps)
+            ]
+        )
     return unflatten(out, rew.shape)
 
 
@@ -145,8 +155,13 @@ HAND = dict(
 def test_gae_hand_example():
     fin = HAND["terminated"] | HAND["truncated"]
     adv, target = returns.gae(
-        HAND["rew"], HAND["value"], HAND["next_value"], fin=fin, terminated=HAND["terminated"],
-        gamma=0.9, lam=0.8,
+        HAND["rew"],
+        HAND["value"],
+        HAND["next_value"],
+        fin=fin,
+        terminated=HAND["terminated"],
+        gamma=0.9,
+        lam=0.8,
     )
     torch.testing.assert_close(adv, torch.tensor([3.344, 2.7, -0.01, -0.5]))
     torch.testing.assert_close(target, torch.tensor([3.844, 3.7, 1.99, 1.0]))
@@ -154,9 +169,7 @@ def test_gae_hand_example():
 
 def test_gae_hand_example_truncation_as_termination_differs():
     fin = HAND["terminated"] | HAND["truncated"]
-    adv, _ = returns.gae(
-        HAND["rew"], HAND["value"], HAND["next_value"], fin=fin, terminated=fin, gamma=0.9, lam=0.8
-    )
+    adv, _ = returns.gae(HAND["rew"], HAND["value"], HAND["next_value"], fin=fin, terminated=fin, gamma=0.9, lam=0.8)
     torch.testing.assert_close(adv, torch.tensor([1.4, 0.0, -0.01, -0.5]))
 
 
@@ -165,12 +178,18 @@ def hand_fragment():
     column = lambda *xs: torch.tensor(xs).unsqueeze(1)  # noqa: E731
     fin = column(False, False, True, False, True)
     state = State(
-        stepno=column(3, 4, 0, 1, 0), obs=torch.zeros(5, 1, 2), act=column(0, 1, 0, 1, 1),
-        rew=column(0.0, 1.0, 1.0, 1.0, 1.0), fin=fin, terminated=column(False, False, False, False, True),
+        stepno=column(3, 4, 0, 1, 0),
+        obs=torch.zeros(5, 1, 2),
+        act=column(0, 1, 0, 1, 1),
+        rew=column(0.0, 1.0, 1.0, 1.0, 1.0),
+        fin=fin,
+        terminated=column(False, False, False, False, True),
     )
     final = Final(
-        obs=torch.zeros(5, 1, 2), actor={"value": column(0.0, 0.0, 3.0, 0.0, 0.0)},
-        episode_return=column(0.0, 0.0, 7.0, 0.0, 2.0).double(), episode_length=column(0, 0, 6, 0, 2),
+        obs=torch.zeros(5, 1, 2),
+        actor={"value": column(0.0, 0.0, 3.0, 0.0, 0.0)},
+        episode_return=column(0.0, 0.0, 7.0, 0.0, 2.0).double(),
+        episode_length=column(0, 0, 6, 0, 2),
     )
     actor = {"value": column(0.5, 1.0, 2.0, 1.5, 4.0)}
     return Fragment(state, actor, {}, (), final, torch.zeros(1, dtype=torch.int64))
@@ -184,8 +203,13 @@ def test_from_fragment_hand_example():
     torch.testing.assert_close(inputs.next_value, torch.tensor([[1.0], [3.0], [1.5], [0.0]]))
     assert inputs.valid.all()
     adv, target = returns.gae(
-        inputs.rew, inputs.value, inputs.next_value, fin=inputs.fin, terminated=inputs.terminated,
-        gamma=0.9, lam=0.8,
+        inputs.rew,
+        inputs.value,
+        inputs.next_value,
+        fin=inputs.fin,
+        terminated=inputs.terminated,
+        gamma=0.9,
+        lam=0.8,
     )
     torch.testing.assert_close(adv.squeeze(1), torch.tensor([3.344, 2.7, -0.01, -0.5]))
     torch.testing.assert_close(target.squeeze(1), torch.tensor([3.844, 3.7, 1.99, 1.0]))
@@ -241,8 +265,16 @@ def test_gae_vs_naive(shape, gamma, lam):
 def test_vtrace_vs_naive(shape, gamma, rho_bar, c_bar, lam):
     d = make_data(shape, seed=7)
     adv, target = returns.vtrace(
-        d["rew"], d["value"], d["next_value"], d["log_rho"], fin=d["fin"], terminated=d["terminated"],
-        gamma=gamma, rho_bar=rho_bar, c_bar=c_bar, lam=lam,
+        d["rew"],
+        d["value"],
+        d["next_value"],
+        d["log_rho"],
+        fin=d["fin"],
+        terminated=d["terminated"],
+        gamma=gamma,
+        rho_bar=rho_bar,
+        c_bar=c_bar,
+        lam=lam,
     )
     expected_adv, expected_target = naive_vtrace(
         d["rew"], d["value"], d["next_value"], d["log_rho"], d["fin"], d["terminated"], gamma, rho_bar, c_bar, lam
@@ -255,8 +287,14 @@ def test_vtrace_vs_naive(shape, gamma, rho_bar, c_bar, lam):
 def test_vtrace_on_policy_is_lambda_return(lam):
     d = make_data((10, 5), seed=3)
     _, target = returns.vtrace(
-        d["rew"], d["value"], d["next_value"], torch.zeros_like(d["rew"]), fin=d["fin"],
-        terminated=d["terminated"], gamma=0.9, lam=lam,
+        d["rew"],
+        d["value"],
+        d["next_value"],
+        torch.zeros_like(d["rew"]),
+        fin=d["fin"],
+        terminated=d["terminated"],
+        gamma=0.9,
+        lam=lam,
     )
     _, gae_target = returns.gae(
         d["rew"], d["value"], d["next_value"], fin=d["fin"], terminated=d["terminated"], gamma=0.9, lam=lam

@@ -17,8 +17,10 @@ from tests.test_replay import EXPECTED, FIRST, SECOND
 def batch(n=32, obs_dim=4, act_dim=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return Transitions(
-        obs=torch.randn(n, obs_dim, generator=g), act=torch.rand(n, act_dim, generator=g) * 2 - 1,
-        rew=torch.randn(n, generator=g), terminated=torch.rand(n, generator=g) < 0.3,
+        obs=torch.randn(n, obs_dim, generator=g),
+        act=torch.rand(n, act_dim, generator=g) * 2 - 1,
+        rew=torch.randn(n, generator=g),
+        terminated=torch.rand(n, generator=g) < 0.3,
         next_obs=torch.randn(n, obs_dim, generator=g),
     )
 
@@ -34,9 +36,9 @@ def networks(seed=0):
 
 
 def reference(mean, log_std, scale, bias):
-    return Independent(TransformedDistribution(
-        Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(bias, scale)]
-    ), 1)
+    return Independent(
+        TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(bias, scale)]), 1
+    )
 
 
 def test_tanh_log_prob_matches_transformed_distribution():
@@ -135,8 +137,8 @@ def test_critic_loss_on_fragments_bootstraps_truncations_not_terminations():
     target = torch.tensor([o / 100 + (0.0 if d else 0.5 * n) for o, d, n in EXPECTED])
     assert info["target_mean"] == pytest.approx(float(target.mean()), rel=1e-6)
     # Q = 0, so each half-MSE is 0.5 * mean(y^2).
-    assert info["q1_loss"] == pytest.approx(float(0.5 * (target ** 2).mean()), rel=1e-6)
-    assert loss.item() == pytest.approx(float((target ** 2).mean()), rel=1e-6)
+    assert info["q1_loss"] == pytest.approx(float(0.5 * (target**2).mean()), rel=1e-6)
+    assert loss.item() == pytest.approx(float((target**2).mean()), rel=1e-6)
 
 
 def test_critic_loss_uses_the_entropy_term():

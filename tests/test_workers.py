@@ -19,7 +19,20 @@ from rollout import multi, same, single
 from rollout.errors import ConfigurationError, EnvError, WorkerError
 from tests.test_actor import WrongDtype
 from tests.leaks import children, shm
-from tests.toys import BatchedCorridor, Corridor, Counter, FailingActor, FailsInWorker, Feedforward, Nested, NestedActor, Slow, Switch, Tagged, in_worker
+from tests.toys import (
+    BatchedCorridor,
+    Corridor,
+    Counter,
+    FailingActor,
+    FailsInWorker,
+    Feedforward,
+    Nested,
+    NestedActor,
+    Slow,
+    Switch,
+    Tagged,
+    in_worker,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +61,9 @@ def test_single_yields_the_fragments_of_same(start_method, clean):
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_multi_layout_and_worker_column_blocks(start_method):
     n_actors, n_per_actor, n_per_batch = 2, 3, 2
-    with multi.rollout(lambda: Tagged(), Counter(), 5, n_actors, n_per_actor, n_per_batch, seed=0, start_method=start_method) as feed:
+    with multi.rollout(
+        lambda: Tagged(), Counter(), 5, n_actors, n_per_actor, n_per_batch, seed=0, start_method=start_method
+    ) as feed:
         batches = [next(feed).clone() for _ in range(4)]
     pids = set()
     for batch in batches:
@@ -56,7 +71,7 @@ def test_multi_layout_and_worker_column_blocks(start_method):
         assert batch.state.rew.dtype == torch.float32 and batch.state.fin.dtype == torch.bool
         assert batch.actor["count"].shape == (6, 6) and batch.hx.shape == (1, 6, 1) and batch.version.shape == (6,)
         for block in range(n_per_batch):
-            cols = batch.state.obs[:, block * n_per_actor:(block + 1) * n_per_actor, 0]
+            cols = batch.state.obs[:, block * n_per_actor : (block + 1) * n_per_actor, 0]
             assert cols.unique().numel() == 1  # one worker stepped the whole block
             pids.add(int(cols[0, 0]))
         # the kernel's invariants hold per column: position advances by one, resets at fin
@@ -183,7 +198,8 @@ def test_every_way_of_stopping_frees_workers_and_memory(how, clean):
 
 def test_interpreter_exit_stops_the_workers(tmp_path):
     script = tmp_path / "leave.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, os
         sys.path.insert(0, {os.getcwd()!r})
         from rollout import multi
@@ -194,7 +210,8 @@ def test_interpreter_exit_stops_the_workers(tmp_path):
             import multiprocessing
             print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
             # exits without closing the feed
-    """))
+    """)
+    )
     before = shm()
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -209,8 +226,16 @@ def test_interpreter_exit_stops_the_workers(tmp_path):
 def test_rlplay_configuration_with_more_workers_than_cores(clean):
     from zoo.actors import CategoricalMLP
 
-    with multi.rollout(cartpole, CategoricalMLP(4, 2), n_steps=51, n_actors=8, n_per_actor=4, n_buffers=16,
-                       n_per_batch=2, start_method="fork") as feed:
+    with multi.rollout(
+        cartpole,
+        CategoricalMLP(4, 2),
+        n_steps=51,
+        n_actors=8,
+        n_per_actor=4,
+        n_buffers=16,
+        n_per_batch=2,
+        start_method="fork",
+    ) as feed:
         batches = [next(feed).state.obs.shape for _ in range(6)]
     assert batches == [(52, 8, 4)] * 6
 

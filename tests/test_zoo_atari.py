@@ -10,8 +10,9 @@ import torch
 
 from zoo import atari
 
-needs_ale = pytest.mark.skipif(importlib.util.find_spec("ale_py") is None,
-                               reason='needs ale-py: pip install "rollout-engine[atari]"')
+needs_ale = pytest.mark.skipif(
+    importlib.util.find_spec("ale_py") is None, reason='needs ale-py: pip install "rollout-engine[atari]"'
+)
 PONG = "ALE/Pong-v5"
 
 
@@ -144,9 +145,29 @@ def test_cli_trains_and_evaluates_pong(tmp_path, capsys):
     assert preset.name == "ppo-pong" and config["clip"] == 0.1 and config["n_envs"] == 8
 
     run = tmp_path / "run"
-    status = main(["train", "ppo", "--env", PONG, "--steps", "1024", "--n-envs", "2", "--set", "n_steps=64",
-                   "--set", "epochs=1", "--eval-every", "1024", "--eval-episodes", "1", "--run-dir", str(run),
-                   "--no-progress"])
+    status = main(
+        [
+            "train",
+            "ppo",
+            "--env",
+            PONG,
+            "--steps",
+            "1024",
+            "--n-envs",
+            "2",
+            "--set",
+            "n_steps=64",
+            "--set",
+            "epochs=1",
+            "--eval-every",
+            "1024",
+            "--eval-episodes",
+            "1",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+        ]
+    )
     assert status == 0
     for name in ("config.json", "progress.csv", "last.pt", "best.pt"):
         assert (run / name).is_file(), name

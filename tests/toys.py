@@ -86,8 +86,11 @@ class Counter(rollout.Actor):
         self.calls.append(dict(stepno=stepno.clone(), obs=obs.clone(), hx=hx.clone(), virtual=virtual))
         count = hx[0, :, 0].expand(n_seq, B)
         act = self.policy[stepno % len(self.policy)]
-        info = {"count": count.clone(), "value": 10.0 * obs[..., 0].float() + count,
-                "virtual": torch.full((n_seq, B), bool(virtual))}
+        info = {
+            "count": count.clone(),
+            "value": 10.0 * obs[..., 0].float() + count,
+            "virtual": torch.full((n_seq, B), bool(virtual)),
+        }
         return act, hx + 1, info
 
 
@@ -104,11 +107,13 @@ Point = collections.namedtuple("Point", "x y")
 class Nested(gymnasium.Env):
     """Dict observations with a nested Tuple and several dtypes; Dict actions, recorded."""
 
-    observation_space = spaces.Dict({
-        "pos": spaces.Box(-10, 10, (2,), np.int32),
-        "vel": spaces.Box(-1, 1, (3,), np.float64),
-        "pair": spaces.Tuple((spaces.Discrete(5), spaces.MultiBinary(4))),
-    })
+    observation_space = spaces.Dict(
+        {
+            "pos": spaces.Box(-10, 10, (2,), np.int32),
+            "vel": spaces.Box(-1, 1, (3,), np.float64),
+            "pair": spaces.Tuple((spaces.Discrete(5), spaces.MultiBinary(4))),
+        }
+    )
     action_space = spaces.Dict({"move": spaces.Discrete(3), "force": spaces.Box(-1, 1, (2,), np.float32)})
 
     def __init__(self):
@@ -116,8 +121,11 @@ class Nested(gymnasium.Env):
 
     def _obs(self):
         t = self.t
-        return {"pos": np.array([t, -t], np.int32), "vel": np.full(3, t / 10, np.float64),
-                "pair": (np.int64(t % 5), np.array([t % 2, 1, 0, 1], np.int8))}
+        return {
+            "pos": np.array([t, -t], np.int32),
+            "vel": np.full(3, t / 10, np.float64),
+            "pair": (np.int64(t % 5), np.array([t % 2, 1, 0, 1], np.int8)),
+        }
 
     def reset(self, *, seed=None, options=None):
         self.t = 0
@@ -132,7 +140,10 @@ class Nested(gymnasium.Env):
 class NestedActor(rollout.Actor):
     def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
         n, B = stepno.shape
-        action = {"move": (stepno % 3).to(torch.int64), "force": torch.stack([obs["vel"][..., 0].float(), stepno.float()], -1)}
+        action = {
+            "move": (stepno % 3).to(torch.int64),
+            "force": torch.stack([obs["vel"][..., 0].float(), stepno.float()], -1),
+        }
         return action, (), {"pos": obs["pos"].clone(), "bit": obs["pair"][1][..., 0].clone()}
 
 

@@ -24,7 +24,15 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["make_atari", "make_atari_vector", "native_vector_available", "FRAME_SKIP", "SCREEN_SIZE", "NOOP_MAX", "STACK"]
+__all__ = [
+    "make_atari",
+    "make_atari_vector",
+    "native_vector_available",
+    "FRAME_SKIP",
+    "SCREEN_SIZE",
+    "NOOP_MAX",
+    "STACK",
+]
 
 FRAME_SKIP, SCREEN_SIZE, NOOP_MAX, STACK = 4, 84, 30, 4
 _INSTALL = 'pip install "rollout-engine[atari]"'
@@ -41,8 +49,13 @@ def _ale_py():
     return ale_py
 
 
-def make_atari(env_id: str = "ALE/Pong-v5", seed: Optional[int] = None, render_mode: Optional[str] = None, *,
-               noop_max: int = NOOP_MAX) -> gym.Env:
+def make_atari(
+    env_id: str = "ALE/Pong-v5",
+    seed: Optional[int] = None,
+    render_mode: Optional[str] = None,
+    *,
+    noop_max: int = NOOP_MAX,
+) -> gym.Env:
     """An ALE env with gymnasium's ``AtariPreprocessing`` and a stack of 4 frames.
 
     ``frameskip=1`` is passed to the ALE env because the preprocessing wrapper does the skipping
@@ -80,8 +93,14 @@ def make_atari(env_id: str = "ALE/Pong-v5", seed: Optional[int] = None, render_m
     _ale_py()
     env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, render_mode=render_mode)
     try:
-        env = gym.wrappers.AtariPreprocessing(env, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE, grayscale_obs=True,
-                                              noop_max=noop_max, terminal_on_life_loss=False)
+        env = gym.wrappers.AtariPreprocessing(
+            env,
+            frame_skip=FRAME_SKIP,
+            screen_size=SCREEN_SIZE,
+            grayscale_obs=True,
+            noop_max=noop_max,
+            terminal_on_life_loss=False,
+        )
     except gym.error.DependencyNotInstalled as error:  # opencv
         env.close()
         raise ImportError(f"Atari preprocessing needs opencv (the atari extra): {_INSTALL}") from error
@@ -124,8 +143,9 @@ class _Int32Seeds(gym.vector.VectorWrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def make_atari_vector(env_id: str, n_envs: int, seed: Optional[int] = None, *, num_threads: int = 0,
-                      noop_max: int = NOOP_MAX) -> gym.vector.VectorEnv:
+def make_atari_vector(
+    env_id: str, n_envs: int, seed: Optional[int] = None, *, num_threads: int = 0, noop_max: int = NOOP_MAX
+) -> gym.vector.VectorEnv:
     """ale-py's native ``AtariVectorEnv``: ``n_envs`` emulators and their preprocessing in C++.
 
     The preprocessing is that of :func:`make_atari` (see the module docstring), and autoreset is
@@ -177,17 +197,31 @@ def make_atari_vector(env_id: str, n_envs: int, seed: Optional[int] = None, *, n
         raise ValueError(f"n_envs must be a positive int, found {n_envs!r}")
     ale_py = _ale_py()
     if not native_vector_available():
-        raise ImportError(f"the native vector env needs ale-py >= 0.12, found {getattr(ale_py, '__version__', '?')}: "
-                          'pip install -U "ale-py>=0.12"')
+        raise ImportError(
+            f"the native vector env needs ale-py >= 0.12, found {getattr(ale_py, '__version__', '?')}: "
+            'pip install -U "ale-py>=0.12"'
+        )
     from ale_py.vector_env import AtariVectorEnv
 
     kwargs = gym.spec(env_id).kwargs
     env = AtariVectorEnv(
-        kwargs["game"], n_envs, num_threads=num_threads, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        max_num_frames_per_episode=kwargs.get("max_num_frames_per_episode", 108_000), repeat_action_probability=0.0,
-        full_action_space=kwargs.get("full_action_space", False), img_height=SCREEN_SIZE, img_width=SCREEN_SIZE,
-        grayscale=True, stack_num=STACK, frameskip=FRAME_SKIP, maxpool=True, noop_max=noop_max, episodic_life=False,
-        reward_clipping=False, use_fire_reset=False,
+        kwargs["game"],
+        n_envs,
+        num_threads=num_threads,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        max_num_frames_per_episode=kwargs.get("max_num_frames_per_episode", 108_000),
+        repeat_action_probability=0.0,
+        full_action_space=kwargs.get("full_action_space", False),
+        img_height=SCREEN_SIZE,
+        img_width=SCREEN_SIZE,
+        grayscale=True,
+        stack_num=STACK,
+        frameskip=FRAME_SKIP,
+        maxpool=True,
+        noop_max=noop_max,
+        episodic_life=False,
+        reward_clipping=False,
+        use_fire_reset=False,
     )
     env = _Int32Seeds(env)
     if seed is not None:
