@@ -7,6 +7,7 @@ import optree
 import torch
 from torch.distributions import Categorical, Distribution
 
+from rollout.errors import ActorContractError
 from rollout.fragment import State
 
 
@@ -22,7 +23,9 @@ def evaluate(module: torch.nn.Module, state: State, hx: Any) -> Dict[str, Any]:
     """
     _, _, info = module.step(state.stepno, state.obs, state.act, state.rew, state.fin, hx=hx, virtual=True)
     if not isinstance(info, dict):
-        raise ValueError(f"{type(module).__name__}.step must return a dict as `info`, got {type(info).__name__}")
+        raise ActorContractError(
+            f"{type(module).__name__}.step must return a dict as `info`, got {type(info).__name__}"
+        )
     return info
 
 
@@ -79,9 +82,9 @@ def value_of(info: Dict[str, Any], shape: torch.Size, function: str) -> torch.Te
     """``info['value']``, checked to be ``shape``."""
     value = info.get("value")
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{function} needs the module's info['value'] (keys: {sorted(info)})")
+        raise ActorContractError(f"{function} needs the module's info['value'] (keys: {sorted(info)})")
     if value.shape != shape:
-        raise ValueError(f"{function}: info['value'] must have shape {tuple(shape)}, got {tuple(value.shape)}")
+        raise ActorContractError(f"{function}: info['value'] must have shape {tuple(shape)}, got {tuple(value.shape)}")
     return value
 
 

@@ -65,7 +65,7 @@ import torch
 from . import buffers
 from .actor import Actor
 from .envs import BatchedEnv, EnvList, Layout, _warn_no_probe, env_seeds, info_examples
-from .errors import ActorContractError, ConfigurationError, EnvError, StructureError
+from .errors import ActorContractError, ConfigurationError, EnvError
 from .fragment import Fragment, State
 from .nested import paths, torch_dtype
 
@@ -228,7 +228,7 @@ def _copy_rows(spec: optree.PyTreeSpec, value: Any, rows: List[torch.Tensor], wh
     """Copy the leaves of ``value`` into ``rows``; a changed structure or shape is an error."""
     found, found_spec = optree.tree_flatten(value)
     if found_spec != spec:
-        raise StructureError(f"the actor's {what} changed structure: expected {spec}, found {found_spec}")
+        raise ActorContractError(f"the actor's {what} changed structure: expected {spec}, found {found_spec}")
     for dst, src in zip(rows, found):
         if src.shape != dst.shape:
             raise ActorContractError(
@@ -477,62 +477,69 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         progress = context.progress
         frozen[:] = False
         hx = context.hx
-        for t in range(T):
-            act, hx_next, info = actor.step(
-                *(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False
-            )
-            copy_act(act, plan.act_rows[t + 1])
-            copy_info(info, plan.actor_rows[t])
-            if not (stateless and type(hx_next) is tuple and not hx_next) and optree.tree_structure(hx_next) != hx_spec:
-                raise StructureError(
-                    f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}"
+        t = 0
+        try:
+            for t in range(T):
+                act, hx_next, info = actor.step(
+                    *(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False
                 )
+                copy_act(act, plan.act_rows[t + 1])
+                copy_info(info, plan.actor_rows[t])
+                if (
+                    not (stateless and type(hx_next) is tuple and not hx_next)
+                    and optree.tree_structure(hx_next) != hx_spec
+                ):
+                    raise ActorContractError(
+                        f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}"
+                    )
 
-            t1 = t + 1
-            term = plan.terminated[t1]
-            any_ended = envs.step(
-                plan.act_np[t1],
-                plan.obs_np[t1],
-                plan.final_obs_np[t1],
-                plan.rew[t1],
-                term,
-                truncated,
-                plan.env_np[t],
-                frozen if sticky else None,
-            )
-            stepno += 1
-            ret += plan.rew[t1]
-            if progress is not None:
-                progress[0] += 1
-            if sticky and frozen.any():
-                stepno[frozen] = 0
-                for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
-                    row[frozen] = prev[frozen]
-            if any_ended:
-                ended = term | truncated
-                plan.episode_length[t1][ended] = stepno[ended]
-                plan.episode_return[t1][ended] = ret[ended]
-                if truncated.any():
-                    _bootstrap(context, plan, t1, hx_next, truncated, stepno)
-                stepno[ended] = 0
-                ret[ended] = 0.0
-                fin = ended | frozen
-                if sticky:
+                t1 = t + 1
+                term = plan.terminated[t1]
+                any_ended = envs.step(
+                    plan.act_np[t1],
+                    plan.obs_np[t1],
+                    plan.final_obs_np[t1],
+                    plan.rew[t1],
+                    term,
+                    truncated,
+                    plan.env_np[t],
+                    frozen if sticky else None,
+                )
+                stepno += 1
+                ret += plan.rew[t1]
+                if progress is not None:
+                    progress[0] += 1
+                if sticky and frozen.any():
+                    stepno[frozen] = 0
+                    for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
+                        row[frozen] = prev[frozen]
+                if any_ended:
+                    ended = term | truncated
+                    plan.episode_length[t1][ended] = stepno[ended]
+                    plan.episode_return[t1][ended] = ret[ended]
+                    if truncated.any():
+                        _bootstrap(context, plan, t1, hx_next, truncated, stepno)
+                    stepno[ended] = 0
+                    ret[ended] = 0.0
+                    fin = ended | frozen
+                    if sticky:
+                        np.logical_or(term, frozen, out=term)
+                        frozen |= ended
+                elif sticky:
+                    fin = frozen
                     np.logical_or(term, frozen, out=term)
-                    frozen |= ended
-            elif sticky:
-                fin = frozen
-                np.logical_or(term, frozen, out=term)
-            else:
-                fin = None
-            plan.stepno[t1] = stepno
-            if fin is None:
-                plan.fin[t1] = False
-            else:
-                plan.fin[t1] = fin
-                if not stateless and fin.any():
-                    hx_next = _reset(actor, hx_next, torch.from_numpy(np.flatnonzero(fin)), hx_spec)
-            hx = hx_next
+                else:
+                    fin = None
+                plan.stepno[t1] = stepno
+                if fin is None:
+                    plan.fin[t1] = False
+                else:
+                    plan.fin[t1] = fin
+                    if not stateless and fin.any():
+                        hx_next = _reset(actor, hx_next, torch.from_numpy(np.flatnonzero(fin)), hx_spec)
+                hx = hx_next
+        except ActorContractError as error:  # the actor's fault: say which actor and which row
+            raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
 
         # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
         _, _, info = actor.step(*_to(device, plan.inputs[T]), hx=hx, virtual=True)
@@ -560,6 +567,6 @@ def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.nd
     _, _, info = context.actor.step(*_to(context.device, inputs), hx=hx, virtual=True)
     found, spec = optree.tree_flatten(info)
     if spec != context.info_spec:
-        raise StructureError(f"the actor's info changed structure: expected {context.info_spec}, found {spec}")
+        raise ActorContractError(f"the actor's info changed structure: expected {context.info_spec}, found {spec}")
     for dst, src in zip(plan.final_actor_leaves, found):
         dst[t1 : t1 + 1].index_copy_(1, at, src.to(dst.device))

@@ -114,7 +114,10 @@ def test_not_an_actor():
 
 def test_info_structure_change_is_an_error():
     with same.rollout([Corridor()], ChangingInfo(), 4) as feed:
-        with pytest.raises(rollout.errors.StructureError, match="info changed structure"):
+        with pytest.raises(
+            rollout.errors.ActorContractError,
+            match=r"ChangingInfo\.step at row \d+ of the fragment: the actor.s info changed structure",
+        ):
             next(feed)
 
 

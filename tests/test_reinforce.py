@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from learners import reinforce
+from rollout.errors import ActorContractError
 from tests.learners_fixtures import (
     assert_stateless,
     naive_policy_terms,
@@ -91,7 +92,7 @@ class PolicyOnly(MLPActor):
 def test_needs_values_unless_told_otherwise():
     module = PolicyOnly()
     fragment = collect(MLPActor())
-    with pytest.raises(ValueError, match=r"needs the module's info\['value'\] \(keys: \['logits'\]\)"):
+    with pytest.raises(ActorContractError, match=r"needs the module's info\['value'\] \(keys: \['logits'\]\)"):
         reinforce.loss(fragment, module)
     loss, info = reinforce.loss(fragment, module, bootstrap=False, baseline=False)
     assert torch.isfinite(loss) and info["value_loss"] == 0.0

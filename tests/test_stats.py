@@ -72,7 +72,7 @@ def test_worker_collectors_report_workers_and_lag():
         for lag in (k - version).tolist():
             expected[lag] = expected.get(lag, 0) + 1
     assert stats["lag"] == expected
-    assert max(stats["lag"]) <= 3  # n_buffers // n_per_batch batch buffers in flight
+    assert min(stats["lag"]) >= 0  # (no upper bound here: a batch lags more behind a slower worker)
 
     with single.rollout(lambda: Corridor(length=5), Feedforward(), T, 2, start_method="fork") as feed:
         for _ in itertools.islice(feed, 5):
