@@ -18,8 +18,9 @@ Failures, each reported by ``next()`` as :class:`~rollout.errors.WorkerError`, n
 - a worker that holds a slot and makes no progress (no env step, no weight copy) for
   ``stall_timeout`` seconds (default 60; a frozen process, SIGSTOP, a debugger, an env stuck in
   ``step``): naming it, its pid and what it was doing. A slow env is not a stuck one: the deadline
-  is on progress, not on how long a fragment takes. A worker that has not started its code within
-  ``max(stall_timeout, 60)`` s of its launch is reported the same way.
+  is on progress, not on how long a fragment takes. A spawned (or forkserver) worker that has not
+  started its code within ``max(stall_timeout, 60)`` s of its launch is reported the same way (a
+  new interpreter imports torch first); a forked one within ``stall_timeout``.
 
 No orphans: on Linux each worker asks the kernel for SIGKILL when the process that started it
 dies (``PR_SET_PDEATHSIG``; strictly, when the *thread* that started the workers, the one that
@@ -66,11 +67,11 @@ DEFAULT_START_METHOD = "spawn"
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds without progress before a worker holding a slot is reported
 _POLL = 0.2  # seconds between liveness checks in every wait
 _DEPTH = 2  # slots a worker may hold: the one it fills and the next
-_BOOT = 60.0  # seconds a launched worker may take to start running our code (interpreter, imports)
+_BOOT = 60.0  # seconds a spawned worker may take to start running our code (interpreter, imports)
 # What a worker is doing, in its progress record: (heartbeat, state).
 _LAUNCHED, _STARTING, _IDLE, _PULLING, _STEPPING = 0, 1, 2, 3, 4
 _DOING = {
-    _LAUNCHED: "starting its interpreter",
+    _LAUNCHED: "launched, not yet running its code",
     _STARTING: "starting (building and resetting its envs)",
     _IDLE: "idle",
     _PULLING: "pulling weights",
@@ -365,7 +366,8 @@ class _Pool:
             state = int(self.watch[index, 1])
             if not self.held[index] and state != _LAUNCHED:
                 continue  # idle, and nobody waits for it
-            limit = max(self.stall_timeout, _BOOT) if state == _LAUNCHED else self.stall_timeout
+            booting = state == _LAUNCHED and self.context.get_start_method() != "fork"  # fork runs our code at once
+            limit = max(self.stall_timeout, _BOOT) if booting else self.stall_timeout
             if now - self.since[index] > limit:
                 process = self.processes[index]
                 if not process.is_alive():
