@@ -56,7 +56,8 @@ their actor outputs must be ignored by learners. The env resumes at the next fra
 is the reset observation with ``fin=True``.
 """
 
-from typing import Any, Callable, List, Optional, Union
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import optree
@@ -64,7 +65,7 @@ import torch
 
 from . import buffers
 from .actor import Actor
-from .envs import BatchedEnv, EnvList, Layout, _warn_no_probe, env_seeds, info_examples
+from .envs import BatchedEnv, EnvList, Layout, warn_no_probe, env_seeds, info_examples
 from .errors import ActorContractError, ConfigurationError, EnvError
 from .fragment import Fragment, State
 from .nested import paths, torch_dtype
@@ -124,38 +125,42 @@ class _Plan:
         self.episode_length = buffers.numpy_view(final.episode_length)
 
 
+@dataclasses.dataclass(eq=False)
 class Context:
-    """The running state of one batch of envs between fragments (see :func:`startup`).
+    """The running state of one batch of ``B`` envs between fragments, built by :func:`startup`.
 
-    Attributes
-    ----------
-    envs : EnvList or BatchedEnv
-        The batch of ``B`` envs.
-    actor : Actor
-    n_steps : int
-        ``T``, the number of steps per fragment.
-    sticky : bool
-    spec : Fragment
-        Example leaves for one row and column; :func:`rollout.buffers.allocate` makes buffers.
-    hx : nested tensors
-        The recurrent state to feed the next step (batch at dim 1).
-    version : int
-        Written into ``Fragment.version`` by :func:`collect`.
-    worker : int
-        Written into ``Fragment.worker`` (the worker collectors set their index).
-    sequence : int
-        Written into ``Fragment.sequence``; :func:`collect` counts it up after each fragment.
-    progress : numpy int64 array of shape (1,) or None
-        If set, :func:`collect` adds 1 to ``progress[0]`` at every env step (a heartbeat a
-        watchdog in another process can read from shared memory).
+    Fields (who writes them: S = :func:`startup`, C = :func:`collect`, W = a worker collector):
     """
 
-    def __init__(self, envs: Union[EnvList, BatchedEnv], actor: Actor, n_steps: int, sticky: bool):
-        self.envs, self.actor, self.n_steps, self.sticky = envs, actor, n_steps, sticky
-        self.n_envs = len(envs)
-        self.version = self.worker = self.sequence = 0
-        self.progress: Optional[np.ndarray] = None
-        self._plans: dict = {}
+    envs: Union[EnvList, BatchedEnv]  # S: the batch of B envs
+    actor: Actor  # S: steps the envs
+    n_steps: int  # S: T, steps per fragment
+    sticky: bool  # S: freeze an env from its episode end to the fragment end
+    obs_layout: Layout  # S: flat leaves, shapes and dtypes of the observations
+    act_layout: Layout  # S: the same for the actions
+    info_keys: List[Tuple[str, Any]]  # S: env-info keys recorded, with their fill values
+    device: Optional[torch.device]  # S: where the actor's parameters are (None: no parameters)
+    info_spec: optree.PyTreeSpec  # S: the structure of the actor's info
+    hx_spec: optree.PyTreeSpec  # S: the structure of the actor's recurrent state
+    copy_act: Callable  # S: copies an action into its rows (fast path chosen once)
+    copy_info: Callable  # S: copies an info into its rows
+    spec: Fragment  # S: example leaves of one row and column, for buffers.allocate
+    hx: Any  # S, C: the recurrent state to feed the next step, batch at dim 1
+    carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
+    stepno: np.ndarray  # S, C: (B,) int64, steps into each env's episode
+    episode_return: np.ndarray  # S, C: (B,) float64, each env's return so far
+    frozen: np.ndarray  # C: (B,) bool, sticky envs frozen until the fragment ends
+    truncated: np.ndarray  # C: (B,) bool, scratch for the envs' truncations of one step
+    version: int = 0  # W (or same): written into Fragment.version
+    worker: int = 0  # W: written into Fragment.worker
+    sequence: int = 0  # C: written into Fragment.sequence, counted up after each fragment
+    progress: Optional[np.ndarray] = None  # W: (1,) int64 heartbeat, +1 per env step (read by a watchdog)
+    _plans: Dict[int, "_Plan"] = dataclasses.field(default_factory=dict, repr=False)  # C: per-buffer views
+
+    @property
+    def n_envs(self) -> int:
+        """``B``."""
+        return len(self.envs)
 
     def allocate(self, *, shared: bool = False, pinned: bool = False) -> Fragment:
         """Fragment buffers for this context: ``(1+T, B, ...)`` leaves (see :mod:`rollout.buffers`)."""
@@ -322,24 +327,63 @@ def startup(
         raise ConfigurationError(
             "sticky=True needs single envs: a batched env cannot leave its finished envs unstepped"
         )
-    context = Context(envs, actor, n_steps, sticky)
     B = len(envs)
     obs_layout = Layout(envs.observation_space, "observation")
     act_layout = Layout(envs.action_space, "action")
-    context.obs_layout, context.act_layout = obs_layout, act_layout
+    obs_rows = _reset_all(envs, obs_layout, seed)
+    examples = _probe_step(envs, obs_layout, env_info, disposable)
+    info_keys = [(key, _fill(example)) for key, example in examples.items()]
+    envs.bind(obs_layout, act_layout, info_keys)
+    state = _carry_state(obs_layout, act_layout, obs_rows, B)
+    device = _device(actor)
+    info, hx = _ask_actor(actor, state, act_layout, device, B)
+    info_spec, hx_spec = optree.tree_structure(info), optree.tree_structure(hx)
+    with torch.no_grad():
+        hx = _reset(actor, hx, torch.arange(B), hx_spec)
+    spec = _fragment_spec(state, info, hx, examples)
+    final = buffers.allocate(spec, 0, B).final
+    return Context(
+        envs=envs,
+        actor=actor,
+        n_steps=n_steps,
+        sticky=sticky,
+        obs_layout=obs_layout,
+        act_layout=act_layout,
+        info_keys=info_keys,
+        device=device,
+        info_spec=info_spec,
+        hx_spec=hx_spec,
+        copy_act=_copier(act_layout.spec, "action"),
+        copy_info=_copier(info_spec, "info"),
+        spec=spec,
+        hx=hx,
+        carry=optree.tree_leaves(state) + optree.tree_leaves(final),
+        stepno=np.zeros(B, dtype=np.int64),
+        episode_return=np.zeros(B, dtype=np.float64),
+        frozen=np.zeros(B, dtype=bool),
+        truncated=np.zeros(B, dtype=bool),
+    )
 
-    # Reset every env and check the observations against the space.
+
+def _reset_all(envs: Union[EnvList, BatchedEnv], obs_layout: Layout, seed: Any) -> List[np.ndarray]:
+    """Reset every env (seeded from ``seed``), check the observations; the flat leaves ``(B, ...)``."""
+    B = len(envs)
     first = envs.reset(env_seeds(seed, B))
     if envs.batched:
-        obs_rows = _batched_obs(obs_layout, first, B, "VectorEnv.reset")
-    else:
-        obs_layout.adopt(first[0], "env 0: reset() observation")
-        obs_rows = [np.zeros((B, *s), dtype=d) for s, d in zip(obs_layout.shapes, obs_layout.dtypes)]
-        for j, obs in enumerate(first):
-            if j:
-                obs_layout.adopt(obs, f"env {j}: reset() observation")
-            obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
+        return _batched_obs(obs_layout, first, B, "VectorEnv.reset")
+    obs_layout.adopt(first[0], "env 0: reset() observation")
+    obs_rows = [np.zeros((B, *s), dtype=d) for s, d in zip(obs_layout.shapes, obs_layout.dtypes)]
+    for j, obs in enumerate(first):
+        if j:
+            obs_layout.adopt(obs, f"env {j}: reset() observation")
+        obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
+    return obs_rows
 
+
+def _probe_step(
+    envs: Union[EnvList, BatchedEnv], obs_layout: Layout, env_info: Any, disposable: bool
+) -> Dict[str, np.ndarray]:
+    """One probe step (checks the step observation and reward); the env-info keys and examples."""
     wants_probe = disposable or env_info is None or (not isinstance(env_info, dict) and len(env_info) > 0)
     probe = envs.probe(in_place=disposable) if wants_probe else None
     if probe is not None:
@@ -347,15 +391,15 @@ def startup(
         if not isinstance(probe[1], (int, float, np.integer, np.floating, np.bool_)):
             raise EnvError(f"env 0: step() reward: expected a number, found {type(probe[1]).__name__}")
     elif wants_probe and not envs.batched:
-        _warn_no_probe()
-    examples = info_examples(env_info, probe[2] if probe is not None else None)
-    context.info_keys = [(key, _fill(example)) for key, example in examples.items()]
-    envs.bind(obs_layout, act_layout, context.info_keys)
+        warn_no_probe()
+    return info_examples(env_info, probe[2] if probe is not None else None)
 
-    # The carry row: row T of the last fragment (row 0 of the next one).
+
+def _carry_state(obs_layout: Layout, act_layout: Layout, obs_rows: List[np.ndarray], B: int) -> State:
+    """The first carry row ``(1, B, ...)``: the reset observations, every env starting an episode."""
     obs = [torch.from_numpy(x).unsqueeze(0) for x in obs_rows]
     act = [torch.zeros((1, B, *s), dtype=torch_dtype(d)) for s, d in zip(act_layout.shapes, act_layout.dtypes)]
-    state = State(
+    return State(
         stepno=torch.zeros((1, B), dtype=torch.int64),
         obs=optree.tree_unflatten(obs_layout.spec, obs),
         act=optree.tree_unflatten(act_layout.spec, act),
@@ -364,24 +408,26 @@ def startup(
         terminated=torch.zeros((1, B), dtype=torch.bool),
     )
 
-    # Ask the actor once for a fresh state and for the layout of its outputs.
-    context.device = _device(actor)
+
+def _ask_actor(
+    actor: Actor, state: State, act_layout: Layout, device: Optional[torch.device], B: int
+) -> Tuple[Any, Any]:
+    """One virtual step on the carry row, its outputs checked: ``(info, fresh hx)``."""
     with torch.no_grad():
-        out = actor.step(*_to(context.device, tuple(state[:5])), hx=None, virtual=True)
-        _check_outputs(out, B, act_layout, f"{type(actor).__name__}.step")
-        _, hx, info = out
-        context.info_spec = optree.tree_structure(info)
-        context.hx_spec = optree.tree_structure(hx)
-        context.copy_act = _copier(act_layout.spec, "action")
-        context.copy_info = _copier(context.info_spec, "info")
-        hx = _reset(actor, hx, torch.arange(B), context.hx_spec)
-    context.hx = hx
+        out = actor.step(*_to(device, tuple(state[:5])), hx=None, virtual=True)
+    _check_outputs(out, B, act_layout, f"{type(actor).__name__}.step")
+    _, hx, info = out
+    return info, hx
+
+
+def _fragment_spec(state: State, info: Any, hx: Any, examples: Dict[str, np.ndarray]) -> Fragment:
+    """Example leaves for one row and one column of every fragment field."""
 
     def example(x: torch.Tensor) -> torch.Tensor:
         return torch.zeros((1, 1, *x.shape[2:]), dtype=x.dtype)
 
     actor_example = optree.tree_map(example, info)
-    context.spec = Fragment(
+    return Fragment(
         state=optree.tree_map(example, state),
         actor=actor_example,
         env={key: torch.zeros((1, 1, *ex.shape), dtype=torch_dtype(ex.dtype)) for key, ex in examples.items()},
@@ -389,13 +435,6 @@ def startup(
         final=buffers.final_spec(optree.tree_map(example, state.obs), actor_example),
         version=torch.zeros(1, dtype=torch.int64),
     )
-    final = buffers.allocate(context.spec, 0, B).final
-    context.carry = optree.tree_leaves(state) + optree.tree_leaves(final)
-    context.stepno = np.zeros(B, dtype=np.int64)
-    context.episode_return = np.zeros(B, dtype=np.float64)
-    context.frozen = np.zeros(B, dtype=bool)
-    context.truncated = np.zeros(B, dtype=bool)
-    return context
 
 
 def _device(actor: torch.nn.Module) -> Optional[torch.device]:

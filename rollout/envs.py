@@ -511,7 +511,7 @@ class BatchedEnv:
             self.env.close()
 
 
-def _warn_no_probe() -> None:
+def warn_no_probe() -> None:
     warnings.warn(
         "could not probe the env for info keys (it cannot be copied); no env info is recorded. "
         "Pass env_info=... to declare the keys.",
