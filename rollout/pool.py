@@ -105,7 +105,7 @@ class WorkerConfig:
     store: Optional[WeightStore]  # the weights, shared
     batches: List[Fragment]  # the shared batch buffers; slot k of batch b is columns k*n_per_actor...
     progress: Optional[torch.Tensor]  # (n_actors, 2) int64 shared: heartbeat and state per worker
-    stop: Any  # a multiprocessing Event: stop after the current fragment
+    stop: Optional[torch.Tensor]  # (1,) int64 shared: 1 = stop after the current fragment (no semaphore to leak)
     parent: int  # the learner's pid
     n_steps: int  # T
     n_per_actor: int  # envs per worker
@@ -117,7 +117,7 @@ class WorkerConfig:
     batched: bool  # the factory returns a VectorEnv (the worker's whole batch)
 
     def release(self) -> None:
-        """Drop the shared objects (named semaphores are unlinked when collected, even if a traceback keeps this)."""
+        """Drop the shared objects (freed when collected), even if a traceback keeps this record alive."""
         self.store = self.progress = self.stop = None
         self.batches = []
 
@@ -208,7 +208,7 @@ def collector(
         store=pool.store,
         batches=pool.batches,
         progress=pool.progress,
-        stop=pool.stop_event,
+        stop=pool.stop,
         parent=os.getpid(),
         n_steps=n_steps,
         n_per_actor=n_per_actor,
@@ -243,7 +243,7 @@ class _Pool:
         ]
         self.progress = torch.zeros((n_actors, 2), dtype=torch.int64).share_memory_()
         self.watch = self.progress.numpy()  # the parent's cheap view of it
-        self.stop_event = context.Event()
+        self.stop = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.processes: List[Any] = []
         self.pipes: List[Any] = []
         self.stderr: List[Any] = []  # per worker: a file holding what it wrote before running our code
@@ -410,7 +410,7 @@ class _Pool:
     def shutdown(self) -> None:
         """Stop every worker within ``self.timeout`` seconds in total, then free everything."""
         deadline = time.monotonic() + self.timeout
-        self.stop_event.set()
+        self.stop[0] = 1
         for index in self.stalled:
             self.processes[index].kill()  # stuck or stopped: it would not exit by itself
         for pipe in self.pipes:
@@ -436,10 +436,11 @@ class _Pool:
         for log in self.stderr:
             if log is not None:
                 log.close()
-        # Named semaphores (spawn/forkserver) are unlinked when their objects are collected: drop
-        # every reference now, even if a traceback keeps this object alive.
+        # Shared memory is freed when its tensors are collected: drop every reference now, even if a
+        # traceback keeps this object alive. (The pool uses no named semaphore, which a killed
+        # learner could leave in /dev/shm: stop is a flag in shared memory.)
         self.processes, self.pipes, self.batches, self.stderr = [], [], [], []
-        self.stop_event = self.store = self.progress = self.watch = None
+        self.stop = self.store = self.progress = self.watch = None
 
 
 class _stderr_to:
@@ -593,19 +594,19 @@ def _work(index: int, seed, pipe, config: WorkerConfig) -> None:
         mark(_STARTING)
         context = core.startup(batch, actor, config.n_steps, sticky=config.sticky, seed=seed, env_info=config.env_info)
         context.worker, context.progress = index, progress[0:1]
-        store, stop = config.store, config.stop
+        store, stop = config.store, config.stop.numpy()
         have = -1
         while True:
             mark(_IDLE)
             if not pipe.poll(_POLL):
-                if stop.is_set() or not alive():
+                if stop[0] or not alive():
                     break
                 continue
             try:
                 slot = pipe.recv()
             except EOFError:  # the parent closed its end
                 break
-            if slot is None or stop.is_set():
+            if slot is None or stop[0]:
                 break
             mark(_PULLING)
             have = store.pull(actor, have, alive)
