@@ -154,7 +154,8 @@ class Context:
     version: int = 0  # W (or same): written into Fragment.version
     worker: int = 0  # W: written into Fragment.worker
     sequence: int = 0  # C: written into Fragment.sequence, counted up after each fragment
-    progress: Optional[np.ndarray] = None  # W: (1,) int64 heartbeat, +1 per env step (read by a watchdog)
+    # C: (1,) int64 heartbeat, +1 per env step; a worker collector puts it in shared memory for its watchdog
+    progress: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     _plans: Dict[int, "_Plan"] = dataclasses.field(default_factory=dict, repr=False)  # C: per-buffer views
 
     @property
@@ -546,8 +547,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                 )
                 stepno += 1
                 ret += plan.rew[t1]
-                if progress is not None:
-                    progress[0] += 1
+                progress[0] += 1
                 if sticky and frozen.any():
                     stepno[frozen] = 0
                     for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
