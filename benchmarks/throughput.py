@@ -25,6 +25,10 @@ Collectors:
 ``hand``           a hand-written loop over a list of envs (or one batched env) with the actor
                    forward, recording obs, actions, rewards, dones and actor outputs into
                    preallocated buffers: the ceiling for ``same``
+``lean``           the leanest loop a user writes (``--policy lean`` only): the network called
+                   directly, recording only obs, action, reward, terminated and truncated
+``ceiling``        ``n_actors`` lean loops of ``n_envs`` envs in as many processes, no IPC: what
+                   the worker collectors could reach at best (a pool collector)
 ``gym-sync``       gymnasium ``SyncVectorEnv`` + the actor, recorded the same way
 ``gym-async``      gymnasium ``AsyncVectorEnv(shared_memory=True)`` + the actor
 ``same``           :func:`rollout.same.rollout`
@@ -120,8 +124,8 @@ class LeanMLP(rollout.Actor):
 
     def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
         with torch.inference_mode():
-            logits = self.net(obs.float())
-            action = torch.multinomial(torch.softmax(logits.flatten(0, -2), -1), 1).view(logits.shape[:-1])
+            logits = self.net(obs[0].float())  # (B, n_act): rows of one time step
+            action = torch.multinomial(torch.softmax(logits, -1), 1).view(1, -1)
         return action, (), {}
 
 
@@ -176,9 +180,9 @@ class Config:
         return f"{self.collector} {self.total}"
 
 
-POOL = ("single", "multi", "torchrl-multi")  # run n_actors workers of n_envs envs
-IN_PROCESS = ("hand", "gym-sync", "gym-async", "same", "torchrl-sync", "envpool")
-COLLECTORS = IN_PROCESS[:4] + POOL[:2] + ("torchrl-sync", "torchrl-multi", "envpool")
+POOL = ("single", "multi", "torchrl-multi", "ceiling")  # run n_actors workers of n_envs envs
+IN_PROCESS = ("hand", "lean", "gym-sync", "gym-async", "same", "torchrl-sync", "envpool")
+COLLECTORS = IN_PROCESS[:5] + POOL[:2] + ("ceiling", "torchrl-sync", "torchrl-multi", "envpool")
 
 
 class _Recorder:
@@ -248,6 +252,70 @@ def _hand(env: Env, actor: rollout.Actor, B: int, T: int) -> Iterator[int]:
             e.close()
 
 
+def _lean(env: Env, actor: "LeanMLP", B: int, T: int) -> Iterator[int]:
+    """The issue's lean hand loop: ``actor.net`` called directly on a ``(B, n_obs)`` row, the action
+    sampled, the envs stepped in a for loop; records obs, action, reward, terminated, truncated."""
+    envs = [env.factory() for _ in range(B)]
+    space = envs[0].observation_space
+    try:
+        obs = torch.zeros((T + 1, B, *space.shape), dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype)
+        act = torch.zeros((T + 1, B), dtype=torch.int64)
+        rew = torch.zeros((T + 1, B))
+        term, trunc = torch.zeros((T + 1, B), dtype=torch.bool), torch.zeros((T + 1, B), dtype=torch.bool)
+        obs_np, act_np, rew_np, term_np, trunc_np = (x.numpy() for x in (obs, act, rew, term, trunc))
+        for j, e in enumerate(envs):
+            obs_np[0, j] = e.reset(seed=j)[0]
+        net = actor.net
+        while True:
+            for t in range(T):
+                with torch.inference_mode():
+                    probs = torch.softmax(net(obs[t].float()), -1)
+                    act[t + 1] = torch.multinomial(probs, 1).view(B)
+                a, o_row, r_row, te_row, tr_row = (
+                    act_np[t + 1],
+                    obs_np[t + 1],
+                    rew_np[t + 1],
+                    term_np[t + 1],
+                    trunc_np[t + 1],
+                )
+                for j, e in enumerate(envs):
+                    o, r, te, tr, _ = e.step(a[j])
+                    if te or tr:
+                        o, _ = e.reset()
+                    o_row[j], r_row[j], te_row[j], tr_row[j] = o, r, te, tr
+            obs_np[0] = obs_np[T]
+            yield B * T
+    finally:
+        for e in envs:
+            e.close()
+
+
+def _ceiling_worker(cfg_json: str, seconds: float, warmup: float, conn: Any) -> None:
+    torch.set_num_threads(1)
+    cfg = Config(**json.loads(cfg_json))
+    conn.send(measure(cfg, seconds, warmup))
+
+
+def _ceiling(cfg: Config, seconds: float, warmup: float) -> float:
+    """Env-steps/s of ``n_actors`` lean loops of ``n_envs`` envs, each in its own (forked) process,
+    measured over the same window: the ceiling of a pool of workers without any IPC."""
+    import multiprocessing
+
+    one = json.dumps({**cfg.__dict__, "collector": "lean", "n_actors": 1})
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(cfg.n_actors)]
+    procs = [ctx.Process(target=_ceiling_worker, args=(one, seconds, warmup, w), daemon=True) for _, w in pipes]
+    for p in procs:
+        p.start()
+    try:
+        return sum(r.recv() for r, _ in pipes)
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
 def _vector_loop(venv: Any, actor: rollout.Actor, B: int, T: int, *, single_space: bool = False) -> Iterator[int]:
     """A gymnasium-style vector env stepped with the actor, recorded like :func:`_hand`."""
     try:
@@ -296,6 +364,8 @@ def _skip(cfg: Config, env: Env) -> Optional[str]:
         return "single.rollout has one worker"
     if env.batched is not None and c in ("gym-sync", "gym-async", "single", "multi", "torchrl-sync", "torchrl-multi"):
         return "a numpy-batched env is one object: not split into a vector env or worker factories"
+    if c in ("lean", "ceiling") and (cfg.policy != "lean" or env.batched is not None or env.pixels):
+        return f"the {c} loop calls the lean policy's network on single flat-observation envs"
     if c.startswith("torchrl") or c == "envpool":
         from . import external
 
@@ -313,6 +383,8 @@ def measure(cfg: Config, seconds: float, warmup: float) -> float:
     """Env-steps/s of one configuration over at least ``seconds`` after ``warmup`` seconds."""
     env = ENVS[cfg.env]
     c = cfg.collector
+    if c == "ceiling":
+        return _ceiling(cfg, seconds, warmup)
     if c.startswith("torchrl") or c == "envpool":
         from . import external
 
@@ -343,6 +415,8 @@ def _source(cfg: Config) -> Iterator[int]:
     actor = make_actor(env, cfg.policy)
     if c == "hand":
         return _hand(env, actor, cfg.total, cfg.T)
+    if c == "lean":
+        return _lean(env, actor, cfg.total, cfg.T)
     if c == "gym-sync":
         return _vector_loop(gym.vector.SyncVectorEnv([env.factory] * cfg.total), actor, cfg.total, cfg.T)
     if c == "gym-async":
@@ -352,7 +426,8 @@ def _source(cfg: Config) -> Iterator[int]:
     return _ours(c)(env, actor, cfg)
 
 
-PAIRED = ("hand", "gym-sync", "same")  # in-process collectors: suspended ones use no CPU
+PAIRED = ("hand", "lean", "gym-sync", "same")  # in-process collectors: suspended ones use no CPU
+MLP_PAIRED = ("hand", "gym-sync", "same")
 
 
 def measure_paired(cfgs: List[Config], seconds: float, warmup: float, slice_s: float = 0.2) -> List[float]:
@@ -446,7 +521,7 @@ def suite(quick: bool, T: int) -> List[Group]:
         return [
             cross("cartpole", ["cartpole"], ["mlp"], ["hand", "gym-sync", "same", "multi"], [4], [1, 2], 32),
             cross("pixels", ["pixels"], ["random"], ["hand", "same"], [2], [1], 16),
-            Group("cartpole-paired", [Config("cartpole", "mlp", k, 4, 1, T=32) for k in PAIRED], paired=True),
+            Group("cartpole-paired", [Config("cartpole", "mlp", k, 4, 1, T=32) for k in MLP_PAIRED], paired=True),
         ]
     c = lambda *args: Config(*args, T=T)  # noqa: E731
     # Compared configurations sit next to each other in a round: less drift between them.
@@ -475,7 +550,9 @@ def suite(quick: bool, T: int) -> List[Group]:
             [1],
             T,
         ),
-        Group("cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in PAIRED], paired=True),
+        Group(
+            "cartpole-mlp-paired", [c("cartpole", "mlp", k, n, 1) for n in (1, 8, 64) for k in MLP_PAIRED], paired=True
+        ),
         workers,
         cross("cartpole-batched", ["cartpole-batched"], ["mlp"], ["hand", "same"], [8, 64], [1], T),
         Group(
@@ -551,7 +628,7 @@ def _summary(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-BASELINES = ("hand", "gym-sync", "gym-async", "same", "torchrl-sync", "torchrl-multi", "envpool")
+BASELINES = ("hand", "lean", "ceiling", "gym-sync", "gym-async", "same", "torchrl-sync", "torchrl-multi", "envpool")
 
 
 def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:

@@ -65,7 +65,7 @@ import torch
 
 from . import buffers
 from .actor import Actor
-from .envs import BatchedEnv, EnvList, Layout, warn_no_probe, env_seeds, info_examples
+from .envs import BatchedEnv, EnvList, Layout, Row, env_seeds, info_examples, warn_no_probe
 from .errors import ActorContractError, ConfigurationError, EnvError
 from .fragment import Fragment, State
 from .nested import paths, torch_dtype
@@ -113,6 +113,7 @@ class _Plan:
         act_np = [buffers.numpy_view(x) for x in act]
         final_obs_np = [buffers.numpy_view(x) for x in self.final_obs_leaves]
         env_np = {key: buffers.numpy_view(x) for key, x in fragment.env.items()}
+        self.obs_leaves_np, self.env_full = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
         self.obs_np = [[x[t] for x in obs_np] for t in rows]
         self.act_np = [[x[t] for x in act_np] for t in rows]
         self.final_obs_np = [[x[t] for x in final_obs_np] for t in rows]
@@ -121,8 +122,23 @@ class _Plan:
         self.rew = buffers.numpy_view(state.rew)
         self.fin = buffers.numpy_view(state.fin)
         self.terminated = buffers.numpy_view(state.terminated)
+        self.truncated = np.zeros(self.fin.shape, dtype=bool)  # not a fragment field: fin & ~terminated
+        self.ramp = np.arange(T + 1, dtype=np.int64)[:, None]  # (1+T, 1): 0, 1, ..., T
         self.episode_return = buffers.numpy_view(final.episode_return)
         self.episode_length = buffers.numpy_view(final.episode_length)
+        # What a step of the envs into row t reads and writes (row 0 is never stepped into).
+        self.rows = [None] + [
+            Row(
+                act=self.act_np[t],
+                obs=self.obs_np[t],
+                final=self.final_obs_np[t],
+                rew=self.rew[t],
+                term=self.terminated[t],
+                trunc=self.truncated[t],
+                info=self.env_np[t - 1],
+            )
+            for t in range(1, T + 1)
+        ]
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,13 +160,13 @@ class Context:
     hx_spec: optree.PyTreeSpec  # S: the structure of the actor's recurrent state
     copy_act: Callable  # S: copies an action into its rows (fast path chosen once)
     copy_info: Callable  # S: copies an info into its rows
+    same_hx: Callable  # S: whether a new hx has the structure of the first one (fast path chosen once)
     spec: Fragment  # S: example leaves of one row and column, for buffers.allocate
     hx: Any  # S, C: the recurrent state to feed the next step, batch at dim 1
     carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
-    stepno: np.ndarray  # S, C: (B,) int64, steps into each env's episode
-    episode_return: np.ndarray  # S, C: (B,) float64, each env's return so far
+    episode_return: np.ndarray  # S, C: (B,) float64, each env's return up to row `start` of this fragment
+    start: np.ndarray  # C: (B,) int64, the row of the fragment at which each env's episode_return stands
     frozen: np.ndarray  # C: (B,) bool, sticky envs frozen until the fragment ends
-    truncated: np.ndarray  # C: (B,) bool, scratch for the envs' truncations of one step
     version: int = 0  # W (or same): written into Fragment.version
     worker: int = 0  # W: written into Fragment.worker
     sequence: int = 0  # C: written into Fragment.sequence, counted up after each fragment
@@ -261,6 +277,13 @@ def _copier(spec: optree.PyTreeSpec, what: str) -> Callable[[Any, List[torch.Ten
                 _copy_rows(spec, value, rows, what)
 
         return copy
+    if spec.kind == optree.PyTreeKind.DICT and spec.num_leaves == 0:  # an actor with no info
+
+        def copy(value, rows):
+            if type(value) is not dict or value:
+                _copy_rows(spec, value, rows, what)
+
+        return copy
     if spec.kind == optree.PyTreeKind.DICT and all(child.is_leaf() for child in spec.children()):
         keys, n = spec.entries(), spec.num_leaves
 
@@ -275,6 +298,16 @@ def _copier(spec: optree.PyTreeSpec, what: str) -> Callable[[Any, List[torch.Ten
 
         return copy
     return lambda value, rows: _copy_rows(spec, value, rows, what)
+
+
+def _same_structure(spec: optree.PyTreeSpec) -> Callable[[Any], bool]:
+    """``same(hx)``: whether ``hx`` has the structure ``spec``, with the no-state and one-tensor
+    cases answered without flattening."""
+    if spec.num_leaves == 0 and spec.kind == optree.PyTreeKind.TUPLE:
+        return lambda hx: (type(hx) is tuple and not hx) or optree.tree_structure(hx) == spec
+    if spec.is_leaf():
+        return lambda hx: type(hx) is torch.Tensor or optree.tree_structure(hx) == spec
+    return lambda hx: optree.tree_structure(hx) == spec
 
 
 # ---------------------------------------------------------------------------------------- startup
@@ -356,13 +389,13 @@ def startup(
         hx_spec=hx_spec,
         copy_act=_copier(act_layout.spec, "action"),
         copy_info=_copier(info_spec, "info"),
+        same_hx=_same_structure(hx_spec),
         spec=spec,
         hx=hx,
         carry=optree.tree_leaves(state) + optree.tree_leaves(final),
-        stepno=np.zeros(B, dtype=np.int64),
         episode_return=np.zeros(B, dtype=np.float64),
+        start=np.zeros(B, dtype=np.int64),
         frozen=np.zeros(B, dtype=bool),
-        truncated=np.zeros(B, dtype=bool),
     )
 
 
@@ -479,6 +512,12 @@ def _batched_obs(layout: Layout, value: Any, B: int, where: str) -> List[np.ndar
 def collect(context: Context, fragment: Fragment) -> Fragment:
     """Fill ``fragment`` with the next ``T`` steps of the batch (see the module's timing table).
 
+    Each step has three phases: *react* (the actor's step on row ``t``: its action goes to row
+    ``t+1``, its other outputs to ``actor[t]``), *step* (the envs write row ``t+1``) and *record*
+    (only where episodes ended, in :func:`_episode_ends`). What can be written per fragment is:
+    step numbers are laid out by :func:`_begin` and corrected at episode ends, returns are summed
+    at episode ends and by :func:`_end`, and a sticky env's frozen rows are filled when it ends.
+
     Parameters
     ----------
     context : Context
@@ -493,101 +532,125 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         ``fragment`` itself.
     """
     plan = context.plan(fragment)
-    actor, envs, T, sticky = context.actor, context.envs, context.n_steps, context.sticky
-    hx_spec = context.hx_spec
-    device = context.device
-    copy_act, copy_info, stateless = context.copy_act, context.copy_info, hx_spec.num_leaves == 0
-    stepno, ret, frozen, truncated = context.stepno, context.episode_return, context.frozen, context.truncated
+    actor, T, device, progress = context.actor, context.n_steps, context.device, context.progress
+    step_envs, copy_act, copy_info, same_hx = context.envs.step, context.copy_act, context.copy_info, context.same_hx
+    inputs, act_rows, actor_rows, rows = plan.inputs, plan.act_rows, plan.actor_rows, plan.rows
+    skip = context.frozen if context.sticky else None
     with torch.no_grad():
-        # Rows 1..T of `final` start empty. Only rows with `fin` were written (by whichever
-        # worker filled this buffer last), so zero those: no full sweep of large observations.
-        rows, cols = np.nonzero(plan.fin[1:])
-        if len(rows):
-            index = (torch.from_numpy(rows + 1), torch.from_numpy(cols))
-            for dst in plan.final_leaves:  # torch indexing: actor outputs may lack a numpy dtype
-                dst[index] = 0
-        # Row 0 is the previous fragment's row T.
-        for dst, src in zip(plan.state_leaves + plan.final_leaves, context.carry):
-            dst[0:1].copy_(src)
-        for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
-            dst.copy_(src)
-        plan.version.fill_(context.version)
-        plan.worker.fill_(context.worker)
-        plan.sequence.fill_(context.sequence)
-        progress = context.progress
-        frozen[:] = False
-        hx = context.hx
-        t = 0
+        _begin(context, plan)
+        hx, t, resets = context.hx, 0, False
         try:
             for t in range(T):
-                act, hx_next, info = actor.step(
-                    *(plan.inputs[t] if device is None else _to(device, plan.inputs[t])), hx=hx, virtual=False
-                )
-                copy_act(act, plan.act_rows[t + 1])
-                copy_info(info, plan.actor_rows[t])
-                if (
-                    not (stateless and type(hx_next) is tuple and not hx_next)
-                    and optree.tree_structure(hx_next) != hx_spec
-                ):
-                    raise ActorContractError(
-                        f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx_next)}"
-                    )
-
                 t1 = t + 1
-                term = plan.terminated[t1]
-                any_ended = envs.step(
-                    plan.act_np[t1],
-                    plan.obs_np[t1],
-                    plan.final_obs_np[t1],
-                    plan.rew[t1],
-                    term,
-                    truncated,
-                    plan.env_np[t],
-                    frozen if sticky else None,
+                # react
+                act, hx_next, info = actor.step(
+                    *(inputs[t] if device is None else _to(device, inputs[t])), hx=hx, virtual=False
                 )
-                stepno += 1
-                ret += plan.rew[t1]
+                copy_act(act, act_rows[t1])
+                copy_info(info, actor_rows[t])
+                if not same_hx(hx_next):
+                    raise ActorContractError(
+                        f"the actor's hx changed structure: expected {context.hx_spec}, found {optree.tree_structure(hx_next)}"
+                    )
+                # step (frozen envs are not called)
+                ended = step_envs(rows[t1], skip)
                 progress[0] += 1
-                if sticky and frozen.any():
-                    stepno[frozen] = 0
-                    for row, prev in zip(plan.obs_np[t1], plan.obs_np[t]):
-                        row[frozen] = prev[frozen]
-                if any_ended:
-                    ended = term | truncated
-                    plan.episode_length[t1][ended] = stepno[ended]
-                    plan.episode_return[t1][ended] = ret[ended]
-                    if truncated.any():
-                        _bootstrap(context, plan, t1, hx_next, truncated, stepno)
-                    stepno[ended] = 0
-                    ret[ended] = 0.0
-                    fin = ended | frozen
-                    if sticky:
-                        np.logical_or(term, frozen, out=term)
-                        frozen |= ended
-                elif sticky:
-                    fin = frozen
-                    np.logical_or(term, frozen, out=term)
-                else:
-                    fin = None
-                plan.stepno[t1] = stepno
-                if fin is None:
-                    plan.fin[t1] = False
-                else:
-                    plan.fin[t1] = fin
-                    if not stateless and fin.any():
-                        hx_next = _reset(actor, hx_next, torch.from_numpy(np.flatnonzero(fin)), hx_spec)
+                # record
+                if ended or resets:
+                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ended)
                 hx = hx_next
         except ActorContractError as error:  # the actor's fault: say which actor and which row
             raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
 
         # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
-        _, _, info = actor.step(*_to(device, plan.inputs[T]), hx=hx, virtual=True)
-        copy_info(info, plan.actor_rows[T])
-        for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
-            dst.copy_(src[T : T + 1])
+        _, _, info = actor.step(*_to(device, inputs[T]), hx=hx, virtual=True)
+        copy_info(info, actor_rows[T])
+        _end(context, plan)
         context.hx = hx
-        context.sequence += 1
     return fragment
+
+
+def _begin(context: Context, plan: _Plan) -> None:
+    """Row 0 from the carry, the fragment's identity, step numbers laid out as if no episode
+    ended, and rows 1..T cleared of what a step does not write (``fin``, ``terminated``, and
+    ``final`` where the buffer's last use had episode ends)."""
+    rows, cols = np.nonzero(plan.fin[1:])
+    if len(rows):  # only rows with `fin` were written: no full sweep of large observations
+        index = (torch.from_numpy(rows + 1), torch.from_numpy(cols))
+        for dst in plan.final_leaves:  # torch indexing: actor outputs may lack a numpy dtype
+            dst[index] = 0
+    plan.fin[1:] = False
+    plan.terminated[1:] = False
+    plan.truncated[1:] = False
+    for dst, src in zip(plan.state_leaves + plan.final_leaves, context.carry):
+        dst[0:1].copy_(src)
+    for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
+        dst.copy_(src)
+    np.add(plan.stepno[0], plan.ramp[1:], out=plan.stepno[1:])
+    plan.version.fill_(context.version)
+    plan.worker.fill_(context.worker)
+    plan.sequence.fill_(context.sequence)
+    context.frozen[:] = False
+    context.start[:] = 0
+
+
+def _end(context: Context, plan: _Plan) -> None:
+    """Returns of the episodes still running summed up to row T; row T carried to the next fragment."""
+    T = context.n_steps
+    context.episode_return += _rewards_since(plan, context.start, T, slice(None))
+    for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
+        dst.copy_(src[T : T + 1])
+    context.sequence += 1
+
+
+def _rewards_since(plan: _Plan, start: np.ndarray, t1: int, cols: Any) -> np.ndarray:
+    """Per column in ``cols``, the float64 sum of the rewards of rows ``start + 1 .. t1``."""
+    counted = plan.ramp[1 : t1 + 1] > start[cols]
+    return np.where(counted, plan.rew[1 : t1 + 1, cols], 0).sum(axis=0, dtype=np.float64)
+
+
+def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) -> Tuple[Any, bool]:
+    """Row ``t1``, where episodes ended (or sticky envs are frozen and the actor has a state).
+
+    Records the ended episodes' length and return and the bootstraps of truncations, sets
+    ``fin``, lays out the ended envs' step numbers (or, sticky, their frozen rows) to the
+    fragment's end, and resets the recurrent state of every env with ``fin``. Returns that state
+    and whether the next step has resets too (a recurrent actor with frozen envs).
+    """
+    fin, stepno = plan.fin[t1], plan.stepno
+    if ended:
+        truncated = plan.truncated[t1]
+        ends = np.flatnonzero(plan.terminated[t1] | truncated)
+        start, ret = context.start, context.episode_return
+        plan.episode_length[t1][ends] = stepno[t1][ends]
+        plan.episode_return[t1][ends] = ret[ends] + _rewards_since(plan, start, t1, ends)
+        if truncated.any():
+            _bootstrap(context, plan, t1, hx, truncated, stepno[t1])
+        fin[ends] = True
+        start[ends], ret[ends] = t1, 0.0
+        if context.sticky:
+            _freeze(context, plan, t1, ends)
+        else:
+            stepno[t1:, ends] = plan.ramp[: context.n_steps + 1 - t1]
+    if context.hx_spec.num_leaves and fin.any():
+        hx = _reset(context.actor, hx, torch.from_numpy(np.flatnonzero(fin)), context.hx_spec)
+    return hx, bool(context.hx_spec.num_leaves) and context.sticky and bool(context.frozen.any())
+
+
+def _freeze(context: Context, plan: _Plan, t1: int, ends: np.ndarray) -> None:
+    """Sticky envs that ended at row ``t1``: not stepped until the fragment ends; their rows
+    ``t1+1 .. T`` are padding, written here once: the reset observation repeated, reward 0,
+    ``fin`` and ``terminated`` set, step number 0, env info at its fill value."""
+    context.frozen[ends] = True
+    plan.stepno[t1:, ends] = 0
+    rest = slice(t1 + 1, None)
+    for obs in plan.obs_leaves_np:
+        obs[rest, ends] = obs[t1, ends]
+    plan.rew[rest, ends] = 0.0
+    plan.fin[rest, ends] = True
+    plan.terminated[rest, ends] = True
+    for key, fill in context.info_keys:
+        plan.env_full[key][t1:, ends] = fill
 
 
 def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.ndarray, stepno: np.ndarray) -> None:

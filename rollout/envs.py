@@ -13,6 +13,7 @@ Both write straight into the fragment's numpy views (see :mod:`rollout.core`).
 """
 
 import copy
+import dataclasses
 import inspect
 import numbers
 import warnings
@@ -35,6 +36,7 @@ __all__ = [
     "is_batched",
     "env_seeds",
     "Layout",
+    "Row",
 ]
 
 try:  # gymnasium >= 1.1
@@ -283,6 +285,22 @@ def info_examples(
     return out
 
 
+@dataclasses.dataclass(eq=False)
+class Row:
+    """The views of one fragment row that a step of the envs reads and writes (built once per row).
+
+    Leaves are numpy views ``(B, ...)`` into the fragment (see :mod:`rollout.core`).
+    """
+
+    act: List[np.ndarray]  # read: the action leaves a_t
+    obs: List[np.ndarray]  # written: the observation leaves x_{t+1} (the reset one where an episode ended)
+    final: List[np.ndarray]  # written where an episode ended: its last observation
+    rew: np.ndarray  # (B,) float32, written
+    term: np.ndarray  # (B,) bool, written where an episode ended
+    trunc: np.ndarray  # (B,) bool, written where an episode ended
+    info: Dict[str, np.ndarray]  # the recorded env-info keys, written (fill value where a key is missing)
+
+
 class EnvList:
     """A list of single envs stepped one by one (the ``for`` loop every collector needs).
 
@@ -319,80 +337,78 @@ class EnvList:
         return [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
 
     def bind(self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]]) -> None:
-        """Fix the layouts used by :meth:`step` (called once by :func:`rollout.core.startup`)."""
-        self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
-        self._rew = [0.0] * len(self.envs)
+        """Fix the layouts and choose :meth:`step` once (called by :func:`rollout.core.startup`).
 
-    def step(self, act, obs, final, rew, term, trunc, info, frozen) -> bool:
-        """Step every env (skipping ``frozen`` ones) and write the results into the row views.
+        The common batch (one action leaf, one observation leaf, no env info) gets a loop with
+        nothing else in it; any other layout the general one.
+        """
+        self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
+        plain = act_layout.is_leaf and obs_layout.is_leaf and not info_keys
+        self.step = self._step_plain if plain else self._step_general
+
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+        """Step every env not in ``skip`` and write what it returns into ``row``.
+
+        Chosen by :meth:`bind` (one of two loops); before it, stepping is an error.
 
         Parameters
         ----------
-        act : list of arrays ``(B, ...)``
-            The action leaves, read.
-        obs, final : list of arrays ``(B, ...)``
-            Observation leaves of the next row and the final-observation leaves, written (final
-            only where an episode ended; the env is then reset and ``obs`` gets the reset one).
-        rew, term, trunc : arrays ``(B,)``
-            Written; frozen envs get 0 / False.
-        info : dict of arrays ``(B, ...)``
-            The recorded env-info keys, written (fill value where a key is missing).
-        frozen : bool array ``(B,)`` or None
-            Envs not to step (sticky).
+        row : Row
+            The views of one fragment row ``t+1``: ``act`` is read; ``obs``, ``rew`` and ``info``
+            are written for every stepped env; ``term``, ``trunc`` and ``final`` only where an
+            episode ended (the caller zeroes ``term`` and ``trunc`` beforehand), after which the env
+            is reset and ``obs`` gets the reset observation.
+        skip : bool array ``(B,)`` or None
+            Envs not to call (sticky envs frozen until the fragment ends); their entries of
+            ``row`` are left as they are.
 
         Returns
         -------
         bool
             Whether any episode ended.
         """
-        obs_layout, act_spec, info_keys = self.obs_layout, self.act_layout.spec, self.info_keys
-        single = self.act_layout.is_leaf
-        # One-leaf observations (the common case) skip the flatten: check the shape, write.
-        obs0, shape0 = (obs[0], obs_layout.shapes[0]) if obs_layout.is_leaf else (None, None)
-        act0 = act[0]
-        rews = self._rew
-        ended = []
-        if frozen is None and single and obs0 is not None and not info_keys:
-            # The common case (no sticky envs, one action and observation leaf, no env info).
-            for j, env in enumerate(self.envs):
-                o, r, te, tr, _ = env.step(act0[j])
-                rews[j] = r
-                if te or tr:
-                    ended.append((j, te, tr))
-                    obs_layout.write(final, j, o, f"env {j}: step() observation")
-                    o, _ = env.reset()
-                if getattr(o, "shape", None) == shape0:
-                    obs0[j] = o
-                else:
-                    obs_layout.write(obs, j, o, f"env {j}: observation")
-            general: Sequence[Any] = ()
-        else:
-            general = self.envs
-        for j, env in enumerate(general):
-            if frozen is not None and frozen[j]:
-                rews[j] = 0.0
-                for key, fill in info_keys:
-                    info[key][j] = fill
-                continue
-            o, r, te, tr, inf = env.step(act0[j] if single else optree.tree_unflatten(act_spec, [x[j] for x in act]))
-            rews[j] = r
+        raise ConfigurationError("EnvList.step before bind(): the collector binds the layouts first")
+
+    def _step_plain(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+        if skip is not None:
+            return self._step_general(row, skip)
+        act, obs, rew, shape = row.act[0], row.obs[0], row.rew, self.obs_layout.shapes[0]
+        ended = False
+        for j, env in enumerate(self.envs):
+            o, r, te, tr, _ = env.step(act[j])
+            rew[j] = r
             if te or tr:
-                ended.append((j, te, tr))
-                obs_layout.write(final, j, o, f"env {j}: step() observation")
+                ended = self._ended(row, j, o, te, tr)
                 o, _ = env.reset()
-            if obs0 is not None and getattr(o, "shape", None) == shape0:
-                obs0[j] = o
+            if getattr(o, "shape", None) == shape:
+                obs[j] = o
             else:
-                obs_layout.write(obs, j, o, f"env {j}: observation")
-            if info_keys:
-                for key, fill in info_keys:
-                    info[key][j] = inf.get(key, fill)
-        rew[:] = rews
-        term[:] = False
-        trunc[:] = False
-        for j, te, tr in ended:
-            term[j], trunc[j] = te, tr
-        return bool(ended)
+                self.obs_layout.write(row.obs, j, o, f"env {j}: observation")
+        return ended
+
+    def _step_general(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+        obs_layout, act_spec, info_keys, info = self.obs_layout, self.act_layout.spec, self.info_keys, row.info
+        act0 = row.act[0] if self.act_layout.is_leaf else None
+        ended = False
+        for j, env in enumerate(self.envs):
+            if skip is not None and skip[j]:
+                continue
+            o, r, te, tr, inf = env.step(
+                act0[j] if act0 is not None else optree.tree_unflatten(act_spec, [x[j] for x in row.act])
+            )
+            row.rew[j] = r
+            if te or tr:
+                ended = self._ended(row, j, o, te, tr)
+                o, _ = env.reset()
+            obs_layout.write(row.obs, j, o, f"env {j}: observation")
+            for key, fill in info_keys:
+                info[key][j] = inf.get(key, fill)
+        return ended
+
+    def _ended(self, row: Row, j: int, o: Any, te: Any, tr: Any) -> bool:
+        row.term[j], row.trunc[j] = te, tr
+        self.obs_layout.write(row.final, j, o, f"env {j}: step() observation")
+        return True
 
     def probe(self, in_place: bool = False) -> Optional[Tuple[Any, Any, dict]]:
         """One step of a copy of env 0 with a sampled action: ``(obs, rew, info)``, or None.
@@ -464,18 +480,19 @@ class BatchedEnv:
         self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
         self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
 
-    def step(self, act, obs, final, rew, term, trunc, info, frozen) -> bool:
-        """Step all B envs with one call; same parameters as :meth:`EnvList.step`."""
-        o, r, te, tr, inf = self.env.step(optree.tree_unflatten(self.act_layout.spec, act))
-        layout = self.obs_layout
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+        """Step all B envs with one call; as :meth:`EnvList.step` (``skip`` must be None), but
+        ``term`` and ``trunc`` are written for every env."""
+        o, r, te, tr, inf = self.env.step(optree.tree_unflatten(self.act_layout.spec, row.act))
+        layout, obs, final = self.obs_layout, row.obs, row.final
         leaves = layout.leaves(o, "VectorEnv.step observation")
         for path, dst, src, shape in zip(layout.paths, obs, leaves, self._shapes):
             if src.shape != shape:
                 raise EnvError(f"VectorEnv.step observation{path}: expected shape {shape}, found {_describe(src)}")
             dst[...] = src
-        rew[:] = r
-        term[:] = te
-        trunc[:] = tr
+        row.rew[:] = r
+        row.term[:] = te
+        row.trunc[:] = tr
         ended = np.logical_or(te, tr)
         any_ended = bool(ended.any())
         if any_ended:
@@ -490,17 +507,17 @@ class BatchedEnv:
                 for dst, src in zip(obs, layout.leaves(reset, "VectorEnv.reset observation")):
                     dst[ended] = src[ended]
         for key, fill in self.info_keys:
-            row = info[key]
+            dst = row.info[key]
             value = inf.get(key)
             if value is None:
-                row[...] = fill
+                dst[...] = fill
                 continue
             mask = inf.get("_" + key)
             if mask is None:
-                row[...] = value
+                dst[...] = value
             else:
-                row[...] = fill
-                row[mask] = np.asarray(value)[mask]
+                dst[...] = fill
+                dst[mask] = np.asarray(value)[mask]
         return any_ended
 
     def probe(self, in_place: bool = False) -> None:

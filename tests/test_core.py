@@ -181,3 +181,27 @@ def test_pool_slots_filled_by_other_workers_clear_final():
     ) as feed:
         for _ in range(12):
             _assert_final_empty_outside_fin(next(feed))
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+def test_a_dirty_buffer_gets_exactly_what_a_fresh_one_gets(sticky):
+    """``collect`` writes every field it promises: a reused buffer's leftovers (here garbage in
+    every leaf, before every fragment) change nothing, in the fragment or in the episode
+    statistics carried to the next ones."""
+    import optree
+
+    def context():
+        # episodes of 2 to 6 steps (a policy that sometimes stays, a time limit) end at moving rows
+        envs = [Corridor(length=4, start=0), Corridor(length=6, max_steps=5), Corridor(length=3, start=1)]
+        return core.startup(rollout.envs.make_batch(envs, None, 0), Counter(policy=(0, 1, 0)), 5, sticky=sticky)
+
+    clean, dirty = context(), context()
+    buffer = dirty.allocate()
+    for _ in range(6):
+        expected = core.collect(clean, clean.allocate())
+        for leaf in optree.tree_leaves(buffer):
+            leaf.fill_(True if leaf.dtype == torch.bool else 7)
+        found = core.collect(dirty, buffer)
+        for (path, x), y in zip(zip(*optree.tree_flatten_with_path(expected)[:2]), optree.tree_leaves(found)):
+            assert torch.equal(x, y), f"{path}: {x.tolist()} != {y.tolist()}"
+        assert rollout.episodes(found).lengths.numel() > 0
