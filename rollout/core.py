@@ -57,6 +57,7 @@ is the reset observation with ``fin=True``.
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -90,7 +91,11 @@ class _Plan:
         self.final_actor_leaves = optree.tree_leaves(final.actor)
         self.final_obs_leaves = optree.tree_leaves(final.obs)
         self.hx_leaves = optree.tree_leaves(fragment.hx)
-        self.version, self.worker, self.sequence = fragment.version, fragment.worker, fragment.sequence
+        self.identity = [fragment.version.numpy(), fragment.worker.numpy(), fragment.sequence.numpy()]
+        leaves = self.state_leaves + self.final_leaves
+        self.final_np = [_numpy_or_tensor(x) for x in self.final_leaves]
+        self.load = _copies([x[0:1] for x in leaves], context.carry)  # row 0 <- the carry
+        self.save = _copies(context.carry, [x[T : T + 1] for x in leaves])  # the carry <- row T
         obs = optree.tree_leaves(state.obs)
         act = optree.tree_leaves(state.act)
         actor = optree.tree_leaves(fragment.actor)
@@ -141,6 +146,25 @@ class _Plan:
         ]
 
 
+def _numpy_or_tensor(x: torch.Tensor) -> Union[np.ndarray, torch.Tensor]:
+    """A numpy view of a CPU tensor (numpy calls cost a fraction of torch's on small arrays), or
+    the tensor itself where its dtype has no numpy equivalent (e.g. bfloat16 actor outputs)."""
+    try:
+        return x.numpy()
+    except TypeError:
+        return x
+
+
+def _copies(dsts: List[torch.Tensor], srcs: List[torch.Tensor]) -> List[Tuple[Callable, Any, Any]]:
+    """``(copy, dst, src)`` for pairs of CPU tensors, with numpy's copy where both have a view."""
+    out = []
+    for dst, src in zip(dsts, srcs):
+        d, s = _numpy_or_tensor(dst), _numpy_or_tensor(src)
+        both = isinstance(d, np.ndarray) and isinstance(s, np.ndarray)
+        out.append((np.copyto, d, s) if both else (torch.Tensor.copy_, dst, src))
+    return out
+
+
 @dataclasses.dataclass(eq=False)
 class Context:
     """The running state of one batch of ``B`` envs between fragments, built by :func:`startup`.
@@ -164,7 +188,7 @@ class Context:
     spec: Fragment  # S: example leaves of one row and column, for buffers.allocate
     hx: Any  # S, C: the recurrent state to feed the next step, batch at dim 1
     carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
-    episode_return: np.ndarray  # S, C: (B,) float64, each env's return up to row `start` of this fragment
+    episode_return: np.ndarray  # S, C: (B,) float64, each env's return up to row `start` of this fragment (math.fsum)
     start: np.ndarray  # C: (B,) int64, the row of the fragment at which each env's episode_return stands
     frozen: np.ndarray  # C: (B,) bool, sticky envs frozen until the fragment ends
     version: int = 0  # W (or same): written into Fragment.version
@@ -410,7 +434,7 @@ def _reset_all(envs: Union[EnvList, BatchedEnv], obs_layout: Layout, seed: Any) 
     for j, obs in enumerate(first):
         if j:
             obs_layout.adopt(obs, f"env {j}: reset() observation")
-        obs_layout.write(obs_rows, j, obs, f"env {j}: reset() observation")
+        obs_layout.write(obs_rows, j, obs, "reset() observation")
     return obs_rows
 
 
@@ -553,11 +577,11 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                         f"the actor's hx changed structure: expected {context.hx_spec}, found {optree.tree_structure(hx_next)}"
                     )
                 # step (frozen envs are not called)
-                ended = step_envs(rows[t1], skip)
+                ends = step_envs(rows[t1], skip)
                 progress[0] += 1
                 # record
-                if ended or resets:
-                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ended)
+                if ends or resets:
+                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ends)
                 hx = hx_next
         except ActorContractError as error:  # the actor's fault: say which actor and which row
             raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
@@ -576,68 +600,70 @@ def _begin(context: Context, plan: _Plan) -> None:
     ``final`` where the buffer's last use had episode ends)."""
     rows, cols = np.nonzero(plan.fin[1:])
     if len(rows):  # only rows with `fin` were written: no full sweep of large observations
-        index = (torch.from_numpy(rows + 1), torch.from_numpy(cols))
-        for dst in plan.final_leaves:  # torch indexing: actor outputs may lack a numpy dtype
-            dst[index] = 0
+        index = (rows + 1, cols)
+        for dst in plan.final_np:
+            dst[index if isinstance(dst, np.ndarray) else tuple(map(torch.from_numpy, index))] = 0
     plan.fin[1:] = False
     plan.terminated[1:] = False
     plan.truncated[1:] = False
-    for dst, src in zip(plan.state_leaves + plan.final_leaves, context.carry):
-        dst[0:1].copy_(src)
-    for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
-        dst.copy_(src)
+    for copy, dst, src in plan.load:
+        copy(dst, src)
+    if plan.hx_leaves:
+        for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
+            dst.copy_(src)
     np.add(plan.stepno[0], plan.ramp[1:], out=plan.stepno[1:])
-    plan.version.fill_(context.version)
-    plan.worker.fill_(context.worker)
-    plan.sequence.fill_(context.sequence)
+    for dst, value in zip(plan.identity, (context.version, context.worker, context.sequence)):
+        dst.fill(value)
     context.frozen[:] = False
     context.start[:] = 0
 
 
 def _end(context: Context, plan: _Plan) -> None:
     """Returns of the episodes still running summed up to row T; row T carried to the next fragment."""
-    T = context.n_steps
-    context.episode_return += _rewards_since(plan, context.start, T, slice(None))
-    for dst, src in zip(context.carry, plan.state_leaves + plan.final_leaves):
-        dst.copy_(src[T : T + 1])
+    ret, rew = context.episode_return, plan.rew
+    for j, first in enumerate(context.start.tolist()):  # the rewards after each env's `start` row
+        ret[j] += math.fsum(rew[first + 1 :, j].tolist())
+    for copy, dst, src in plan.save:
+        copy(dst, src)
     context.sequence += 1
 
 
-def _rewards_since(plan: _Plan, start: np.ndarray, t1: int, cols: Any) -> np.ndarray:
-    """Per column in ``cols``, the float64 sum of the rewards of rows ``start + 1 .. t1``."""
-    counted = plan.ramp[1 : t1 + 1] > start[cols]
-    return np.where(counted, plan.rew[1 : t1 + 1, cols], 0).sum(axis=0, dtype=np.float64)
-
-
-def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) -> Tuple[Any, bool]:
-    """Row ``t1``, where episodes ended (or sticky envs are frozen and the actor has a state).
+def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ends: List[int]) -> Tuple[Any, bool]:
+    """Row ``t1``, where the envs ``ends`` ended an episode (or sticky envs are frozen and the
+    actor has a state).
 
     Records the ended episodes' length and return and the bootstraps of truncations, sets
     ``fin``, lays out the ended envs' step numbers (or, sticky, their frozen rows) to the
     fragment's end, and resets the recurrent state of every env with ``fin``. Returns that state
     and whether the next step has resets too (a recurrent actor with frozen envs).
     """
-    fin, stepno = plan.fin[t1], plan.stepno
-    if ended:
-        truncated = plan.truncated[t1]
-        ends = np.flatnonzero(plan.terminated[t1] | truncated)
-        start, ret = context.start, context.episode_return
-        plan.episode_length[t1][ends] = stepno[t1][ends]
-        plan.episode_return[t1][ends] = ret[ends] + _rewards_since(plan, start, t1, ends)
-        if truncated.any():
-            _bootstrap(context, plan, t1, hx, truncated, stepno[t1])
-        fin[ends] = True
-        start[ends], ret[ends] = t1, 0.0
-        if context.sticky:
+    fin, stepno, rew, truncated, sticky = plan.fin[t1], plan.stepno, plan.rew, plan.truncated[t1], context.sticky
+    start, ret, length, total = context.start, context.episode_return, plan.episode_length[t1], plan.episode_return[t1]
+    bootstrap = False
+    # Scalar work, env by env: usually one env ends at a time, and numpy calls cost more than the loop.
+    for j in ends:
+        length[j] = stepno[t1, j]
+        total[j] = ret[j] + math.fsum(rew[start[j] + 1 : t1 + 1, j].tolist())
+        start[j], ret[j], fin[j] = t1, 0.0, True
+        bootstrap = bootstrap or truncated[j]
+    if bootstrap:
+        _bootstrap(context, plan, t1, hx, truncated, stepno[t1])
+    if sticky:
+        if ends:
             _freeze(context, plan, t1, ends)
-        else:
-            stepno[t1:, ends] = plan.ramp[: context.n_steps + 1 - t1]
-    if context.hx_spec.num_leaves and fin.any():
-        hx = _reset(context.actor, hx, torch.from_numpy(np.flatnonzero(fin)), context.hx_spec)
-    return hx, bool(context.hx_spec.num_leaves) and context.sticky and bool(context.frozen.any())
+    else:
+        ramp = plan.ramp[: context.n_steps + 1 - t1, 0]
+        for j in ends:
+            stepno[t1:, j] = ramp
+    if context.hx_spec.num_leaves:
+        at = np.flatnonzero(fin) if sticky else np.array(ends)
+        if len(at):
+            hx = _reset(context.actor, hx, torch.from_numpy(at), context.hx_spec)
+        return hx, sticky and bool(context.frozen.any())
+    return hx, False
 
 
-def _freeze(context: Context, plan: _Plan, t1: int, ends: np.ndarray) -> None:
+def _freeze(context: Context, plan: _Plan, t1: int, ends: List[int]) -> None:
     """Sticky envs that ended at row ``t1``: not stepped until the fragment ends; their rows
     ``t1+1 .. T`` are padding, written here once: the reset observation repeated, reward 0,
     ``fin`` and ``terminated`` set, step number 0, env info at its fill value."""

@@ -220,16 +220,22 @@ class Layout:
             _leaf_array(leaf, shape, dtype, f"{where}{path}")
         self.spec = spec
 
-    def write(self, rows: List[np.ndarray], j: int, value: Any, where: str) -> None:
-        """Write one env's ``value`` into column ``j`` of the per-leaf ``rows`` ``(B, ...)``."""
+    def write(self, rows: List[np.ndarray], j: int, value: Any, what: str, who: str = "env") -> None:
+        """Write one env's ``value`` into column ``j`` of the per-leaf ``rows`` ``(B, ...)``.
+
+        Errors say ``f"{who} {j}: {what}"`` (formatted only then: this runs at every step).
+        """
         if self.is_leaf:
             if getattr(value, "shape", ()) != self.shapes[0]:
-                raise EnvError(f"{where}: expected shape {self.shapes[0]}, found {_describe(value)}")
+                raise EnvError(f"{who} {j}: {what}: expected shape {self.shapes[0]}, found {_describe(value)}")
             rows[0][j] = value
             return
-        for path, row, leaf, shape in zip(self.paths, rows, self.leaves(value, where), self.shapes):
+        leaves, spec = optree.tree_flatten(value)
+        if spec != self.spec:
+            self.leaves(value, f"{who} {j}: {what}")  # raises
+        for path, row, leaf, shape in zip(self.paths, rows, leaves, self.shapes):
             if getattr(leaf, "shape", ()) != shape:
-                raise EnvError(f"{where}{path}: expected shape {shape}, found {_describe(leaf)}")
+                raise EnvError(f"{who} {j}: {what}{path}: expected shape {shape}, found {_describe(leaf)}")
             row[j] = leaf
 
     def leaves(self, value: Any, where: str) -> List[Any]:
@@ -346,7 +352,7 @@ class EnvList:
         plain = act_layout.is_leaf and obs_layout.is_leaf and not info_keys
         self.step = self._step_plain if plain else self._step_general
 
-    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
         """Step every env not in ``skip`` and write what it returns into ``row``.
 
         Chosen by :meth:`bind` (one of two loops); before it, stepping is an error.
@@ -364,32 +370,32 @@ class EnvList:
 
         Returns
         -------
-        bool
-            Whether any episode ended.
+        list of int
+            The envs whose episode ended, in increasing order (usually empty).
         """
         raise ConfigurationError("EnvList.step before bind(): the collector binds the layouts first")
 
-    def _step_plain(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+    def _step_plain(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
         if skip is not None:
             return self._step_general(row, skip)
         act, obs, rew, shape = row.act[0], row.obs[0], row.rew, self.obs_layout.shapes[0]
-        ended = False
+        ended = []
         for j, env in enumerate(self.envs):
             o, r, te, tr, _ = env.step(act[j])
             rew[j] = r
             if te or tr:
-                ended = self._ended(row, j, o, te, tr)
+                ended.append(self._ended(row, j, o, te, tr))
                 o, _ = env.reset()
             if getattr(o, "shape", None) == shape:
                 obs[j] = o
             else:
-                self.obs_layout.write(row.obs, j, o, f"env {j}: observation")
+                self.obs_layout.write(row.obs, j, o, "observation")
         return ended
 
-    def _step_general(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+    def _step_general(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
         obs_layout, act_spec, info_keys, info = self.obs_layout, self.act_layout.spec, self.info_keys, row.info
         act0 = row.act[0] if self.act_layout.is_leaf else None
-        ended = False
+        ended = []
         for j, env in enumerate(self.envs):
             if skip is not None and skip[j]:
                 continue
@@ -398,17 +404,17 @@ class EnvList:
             )
             row.rew[j] = r
             if te or tr:
-                ended = self._ended(row, j, o, te, tr)
+                ended.append(self._ended(row, j, o, te, tr))
                 o, _ = env.reset()
-            obs_layout.write(row.obs, j, o, f"env {j}: observation")
+            obs_layout.write(row.obs, j, o, "observation")
             for key, fill in info_keys:
                 info[key][j] = inf.get(key, fill)
         return ended
 
-    def _ended(self, row: Row, j: int, o: Any, te: Any, tr: Any) -> bool:
+    def _ended(self, row: Row, j: int, o: Any, te: Any, tr: Any) -> int:
         row.term[j], row.trunc[j] = te, tr
-        self.obs_layout.write(row.final, j, o, f"env {j}: step() observation")
-        return True
+        self.obs_layout.write(row.final, j, o, "step() observation")
+        return j
 
     def probe(self, in_place: bool = False) -> Optional[Tuple[Any, Any, dict]]:
         """One step of a copy of env 0 with a sampled action: ``(obs, rew, info)``, or None.
@@ -480,7 +486,7 @@ class BatchedEnv:
         self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
         self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
 
-    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
         """Step all B envs with one call; as :meth:`EnvList.step` (``skip`` must be None), but
         ``term`` and ``trunc`` are written for every env."""
         o, r, te, tr, inf = self.env.step(optree.tree_unflatten(self.act_layout.spec, row.act))
@@ -494,12 +500,12 @@ class BatchedEnv:
         row.term[:] = te
         row.trunc[:] = tr
         ended = np.logical_or(te, tr)
-        any_ended = bool(ended.any())
-        if any_ended:
+        ends = np.flatnonzero(ended).tolist()
+        if ends:
             if self.same_step:
                 final_obs = inf["final_obs"]
-                for j in np.flatnonzero(ended):
-                    layout.write(final, j, final_obs[j], f"VectorEnv env {j}: final observation")
+                for j in ends:
+                    layout.write(final, j, final_obs[j], "final observation", who="VectorEnv env")
             else:
                 for dst, src in zip(final, leaves):
                     dst[ended] = src[ended]
@@ -518,7 +524,7 @@ class BatchedEnv:
             else:
                 dst[...] = fill
                 dst[mask] = np.asarray(value)[mask]
-        return any_ended
+        return ends
 
     def probe(self, in_place: bool = False) -> None:
         return None  # stepping a copy of a vector env is not generally possible

@@ -6,8 +6,8 @@ generator's ``finally`` block, which releases what the collector holds.
 ``stats()`` answers "am I env-bound or learner-bound?": the feed times each ``next()`` (the
 learner waiting for data) and the time between calls (the learner working), and counts env steps,
 episodes, per-worker steps and the lag of every yielded column, from the fragments themselves.
-The counts stay on the fragments' device as tensors (no synchronisation per batch); ``stats()``
-reads them.
+The counts stay on the fragments' device (numpy arrays on CPU, tensors elsewhere: no
+synchronisation per batch); ``stats()`` reads them.
 """
 
 import time
@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, Iterator, List, Optional
 
+import numpy as np
 import torch
 
 __all__ = ["Feed", "Source"]
@@ -54,7 +55,7 @@ class Feed(Iterator):
         self._start = self._returned = None  # perf_counter at the first next() and at the last return
         self._wait = self._work = 0.0  # seconds inside next(), and between next() calls
         self._fragments = 0
-        self._counts: Optional[Dict[str, torch.Tensor]] = None  # on the fragments' device
+        self._counts: Optional[Dict[str, Any]] = None  # numpy arrays, or tensors on the fragments' device
         self._last: Optional[Dict[str, Any]] = None  # totals at the previous stats() call
         _OPEN.add(self)
 
@@ -75,25 +76,45 @@ class Feed(Iterator):
         return fragment
 
     def _count(self, fragment: Any) -> None:
-        """Add the fragment's env steps, episodes, per-worker steps and lags to the running counts."""
-        fin, length = fragment.state.fin[1:], fragment.final.episode_length[1:]
-        device = fin.device
+        """Add the fragment's env steps, episodes, per-worker steps and lags to the running counts
+        (numpy on CPU, a fraction of torch's cost on such small arrays; torch, unsynchronised, else)."""
+        fin, length, worker, version = (
+            fragment.state.fin,
+            fragment.final.episode_length,
+            fragment.worker,
+            fragment.version,
+        )
+        cpu = fin.device.type == "cpu"
+        if cpu:
+            fin, length, version = fin.numpy(), length.numpy(), version.numpy()
+            worker = worker.numpy() if worker is not None else None
+        fin, ended = fin[1:], length[1:] > 0
         # A step into row t is real unless that row is a frozen (sticky) row: fin without an episode end.
-        steps = fin.shape[0] - (fin & (length == 0)).sum(0)  # (B,)
+        steps = fin.shape[0] - (fin & ~ended).sum(0)  # (B,)
+        lag = (self._source.version() - version).clip(0, _LAGS - 1)
         if self._counts is None:
+            zeros = (
+                (lambda n: np.zeros(n, dtype=np.int64))
+                if cpu
+                else (lambda n: torch.zeros(n, dtype=torch.int64, device=fin.device))
+            )
             self._counts = {
-                "env_steps": torch.zeros((), dtype=torch.int64, device=device),
-                "episodes": torch.zeros((), dtype=torch.int64, device=device),
-                "worker_steps": torch.zeros(self._source.n_workers, dtype=torch.int64, device=device),
-                "lag": torch.zeros(_LAGS, dtype=torch.int64, device=device),
+                "env_steps": zeros(()),
+                "episodes": zeros(()),
+                "worker_steps": zeros(self._source.n_workers),
+                "lag": zeros(_LAGS),
             }
         counts = self._counts
         counts["env_steps"] += steps.sum()
-        counts["episodes"] += (length > 0).sum()
-        if fragment.worker is not None:
-            counts["worker_steps"].index_add_(0, fragment.worker.to(device), steps)
-        lag = (self._source.version() - fragment.version.to(device)).clamp(0, _LAGS - 1)
-        counts["lag"] += torch.bincount(lag, minlength=_LAGS)
+        counts["episodes"] += ended.sum()
+        if cpu:
+            if worker is not None:
+                np.add.at(counts["worker_steps"], worker, steps)
+            counts["lag"] += np.bincount(lag, minlength=_LAGS)
+        else:
+            if worker is not None:
+                counts["worker_steps"].index_add_(0, worker.to(fin.device), steps)
+            counts["lag"] += torch.bincount(lag.to(fin.device), minlength=_LAGS)
 
     def stats(self) -> Dict[str, Any]:
         """Plain numbers on the collection so far and since the previous call.
