@@ -182,9 +182,8 @@ class Context:
     device: Optional[torch.device]  # S: where the actor's parameters are (None: no parameters)
     info_spec: optree.PyTreeSpec  # S: the structure of the actor's info
     hx_spec: optree.PyTreeSpec  # S: the structure of the actor's recurrent state
-    copy_act: Callable  # S: copies an action into its rows (fast path chosen once)
+    record: Callable  # S: checks and copies the actor's outputs of one step into their rows (chosen once)
     copy_info: Callable  # S: copies an info into its rows
-    same_hx: Callable  # S: whether a new hx has the structure of the first one (fast path chosen once)
     spec: Fragment  # S: example leaves of one row and column, for buffers.allocate
     hx: Any  # S, C: the recurrent state to feed the next step, batch at dim 1
     carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
@@ -334,6 +333,47 @@ def _same_structure(spec: optree.PyTreeSpec) -> Callable[[Any], bool]:
     return lambda hx: optree.tree_structure(hx) == spec
 
 
+def _recorder(act_layout: Layout, info_spec: optree.PyTreeSpec, hx_spec: optree.PyTreeSpec) -> Callable:
+    """``record(act, hx, info, act_row, actor_row)``: check the outputs of one actor step and copy
+    the action into ``act_row`` and the info into ``actor_row``. For the plainest actor (one
+    action tensor, no state, no info) it is one call that flattens nothing."""
+    copy_act, copy_info, same_hx = (
+        _copier(act_layout.spec, "action"),
+        _copier(info_spec, "info"),
+        _same_structure(hx_spec),
+    )
+
+    def record(act, hx, info, act_row, actor_row):
+        copy_act(act, act_row)
+        copy_info(info, actor_row)
+        if not same_hx(hx):
+            raise ActorContractError(
+                f"the actor's hx changed structure: expected {hx_spec}, found {optree.tree_structure(hx)}"
+            )
+
+    no_info = info_spec.kind == optree.PyTreeKind.DICT and info_spec.num_leaves == 0
+    no_state = hx_spec.kind == optree.PyTreeKind.TUPLE and hx_spec.num_leaves == 0
+    if not (act_layout.is_leaf and no_info and no_state):
+        return record
+    Tensor = torch.Tensor
+
+    def record_plain(act, hx, info, act_row, actor_row):
+        dst = act_row[0]
+        if (
+            type(act) is Tensor
+            and act.shape == dst.shape
+            and type(info) is dict
+            and not info
+            and type(hx) is tuple
+            and not hx
+        ):
+            dst.copy_(act)
+        else:
+            record(act, hx, info, act_row, actor_row)  # the checks, and their errors
+
+    return record_plain
+
+
 # ---------------------------------------------------------------------------------------- startup
 def startup(
     envs: Union[EnvList, BatchedEnv],
@@ -411,9 +451,8 @@ def startup(
         device=device,
         info_spec=info_spec,
         hx_spec=hx_spec,
-        copy_act=_copier(act_layout.spec, "action"),
+        record=_recorder(act_layout, info_spec, hx_spec),
         copy_info=_copier(info_spec, "info"),
-        same_hx=_same_structure(hx_spec),
         spec=spec,
         hx=hx,
         carry=optree.tree_leaves(state) + optree.tree_leaves(final),
@@ -557,7 +596,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
     """
     plan = context.plan(fragment)
     actor, T, device, progress = context.actor, context.n_steps, context.device, context.progress
-    step_envs, copy_act, copy_info, same_hx = context.envs.step, context.copy_act, context.copy_info, context.same_hx
+    step_envs, record = context.envs.step, context.record
     inputs, act_rows, actor_rows, rows = plan.inputs, plan.act_rows, plan.actor_rows, plan.rows
     skip = context.frozen if context.sticky else None
     with torch.no_grad():
@@ -570,12 +609,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                 act, hx_next, info = actor.step(
                     *(inputs[t] if device is None else _to(device, inputs[t])), hx=hx, virtual=False
                 )
-                copy_act(act, act_rows[t1])
-                copy_info(info, actor_rows[t])
-                if not same_hx(hx_next):
-                    raise ActorContractError(
-                        f"the actor's hx changed structure: expected {context.hx_spec}, found {optree.tree_structure(hx_next)}"
-                    )
+                record(act, hx_next, info, act_rows[t1], actor_rows[t])
                 # step (frozen envs are not called)
                 ends = step_envs(rows[t1], skip)
                 progress[0] += 1
@@ -588,7 +622,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 
         # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
         _, _, info = actor.step(*_to(device, inputs[T]), hx=hx, virtual=True)
-        copy_info(info, actor_rows[T])
+        context.copy_info(info, actor_rows[T])
         _end(context, plan)
         context.hx = hx
     return fragment
