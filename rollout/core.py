@@ -54,6 +54,16 @@ Frozen rows (``fin`` with ``episode_length == 0``, from row 1 on) are padding: t
 called, their ``terminated`` is True (nothing to bootstrap), ``env`` info holds the fill values and
 their actor outputs must be ignored by learners. The env resumes at the next fragment, whose row 0
 is the reset observation with ``fin=True``.
+
+Cost
+----
+A step of :func:`collect` does only what must happen at every step: the actor's step and the
+copy of its action (*react*), the envs' step writing row ``t+1`` (*step*), a heartbeat. Everything
+else is written per fragment or at episode ends (*record*): step numbers are laid out as
+``stepno[0] + t`` when the fragment begins and corrected from an episode's end on; returns are
+summed when an episode ends (and for running episodes at the fragment's end); a sticky env's
+frozen rows are written once, when it freezes. Checks and copies that depend on the layout (the
+actor's outputs, the envs' loop) are chosen once, at :func:`startup` and ``EnvList.bind``.
 """
 
 import dataclasses

@@ -67,7 +67,8 @@ class Final(NamedTuple):
     actor : at truncations, the actor's virtual reaction to ``obs`` with the recurrent state it
         had then (``actor['value']`` is the truncation bootstrap value); zero at other rows.
     episode_return : float64, the undiscounted return of the ended episode (all of it, also
-        the part collected in earlier fragments).
+        the part collected in earlier fragments): the sum of its recorded float32 rewards, each
+        fragment's part summed exactly (``math.fsum``), so it is exact for integer rewards.
     episode_length : int64, its length in steps; 0 where no episode ended (including the
         frozen rows of a sticky env).
     """
