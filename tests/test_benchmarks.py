@@ -142,3 +142,14 @@ def test_markdown_lists_targets_results_and_skips():
     assert "| same >= 0.9x hand, 8 envs | 0.95 [0.90-1.00] | yes | g |" in text
     assert "| cartpole / mlp | **same 8** | 100 [90-110] | /hand 0.95 [0.90-1.00] |" in text
     assert "| cartpole / mlp | envpool 8 | skipped | envpool not installed |" in text
+
+
+@pytest.mark.timeout(120)
+def test_the_lean_loop_and_its_multi_process_ceiling_run_and_leave_no_process():
+    lean = throughput.measure(Config("cartpole", "lean", "lean", 2, 1, T=8), 0.2, 0.05)
+    ceiling = throughput.measure(Config("cartpole", "lean", "ceiling", 2, 2, T=8), 0.2, 0.05)
+    assert lean > 0 and ceiling > 0
+    assert multiprocessing.active_children() == []
+    # they call the lean policy's network directly: other policies are skipped, with the reason
+    reason = throughput._skip(Config("cartpole", "mlp", "lean", 8, 1), throughput.ENVS["cartpole"])
+    assert "lean policy" in reason
