@@ -128,11 +128,7 @@ class _Plan:
         act_np = [buffers.numpy_view(x) for x in act]
         final_obs_np = [buffers.numpy_view(x) for x in self.final_obs_leaves]
         env_np = {key: buffers.numpy_view(x) for key, x in fragment.env.items()}
-        self.obs_leaves_np, self.env_full = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
-        self.obs_np = [[x[t] for x in obs_np] for t in rows]
-        self.act_np = [[x[t] for x in act_np] for t in rows]
-        self.final_obs_np = [[x[t] for x in final_obs_np] for t in rows]
-        self.env_np = [{key: x[t] for key, x in env_np.items()} for t in range(T)]
+        self.obs_np, self.env_np = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
         self.stepno = buffers.numpy_view(state.stepno)
         self.rew = buffers.numpy_view(state.rew)
         self.fin = buffers.numpy_view(state.fin)
@@ -144,13 +140,13 @@ class _Plan:
         # What a step of the envs into row t reads and writes (row 0 is never stepped into).
         self.rows = [None] + [
             Row(
-                act=self.act_np[t],
-                obs=self.obs_np[t],
-                final=self.final_obs_np[t],
+                act=[x[t] for x in act_np],
+                obs=[x[t] for x in obs_np],
+                final=[x[t] for x in final_obs_np],
                 rew=self.rew[t],
                 term=self.terminated[t],
                 trunc=self.truncated[t],
-                info=self.env_np[t - 1],
+                info={key: x[t - 1] for key, x in env_np.items()},
             )
             for t in range(1, T + 1)
         ]
@@ -441,7 +437,7 @@ def startup(
     obs_rows = _reset_all(envs, obs_layout, seed)
     examples = _probe_step(envs, obs_layout, env_info, disposable)
     info_keys = [(key, _fill(example)) for key, example in examples.items()]
-    envs.bind(obs_layout, act_layout, info_keys)
+    envs.bind(obs_layout, act_layout, info_keys, sticky)
     state = _carry_state(obs_layout, act_layout, obs_rows, B)
     device = _device(actor)
     info, hx = _ask_actor(actor, state, act_layout, device, B)
@@ -714,13 +710,13 @@ def _freeze(context: Context, plan: _Plan, t1: int, ends: List[int]) -> None:
     context.frozen[ends] = True
     plan.stepno[t1:, ends] = 0
     rest = slice(t1 + 1, None)
-    for obs in plan.obs_leaves_np:
+    for obs in plan.obs_np:
         obs[rest, ends] = obs[t1, ends]
     plan.rew[rest, ends] = 0.0
     plan.fin[rest, ends] = True
     plan.terminated[rest, ends] = True
     for key, fill in context.info_keys:
-        plan.env_full[key][t1:, ends] = fill
+        plan.env_np[key][t1:, ends] = fill
 
 
 def _bootstrap(context: Context, plan: _Plan, t1: int, hx: Any, truncated: np.ndarray, stepno: np.ndarray) -> None:

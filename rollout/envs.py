@@ -342,14 +342,16 @@ class EnvList:
         """Reset every env with its seed; returns the observations."""
         return [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
 
-    def bind(self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]]) -> None:
+    def bind(
+        self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]], sticky: bool = False
+    ) -> None:
         """Fix the layouts and choose :meth:`step` once (called by :func:`rollout.core.startup`).
 
-        The common batch (one action leaf, one observation leaf, no env info) gets a loop with
-        nothing else in it; any other layout the general one.
+        The common batch (one action leaf, one observation leaf, no env info, no sticky envs to
+        skip) gets a loop with nothing else in it; any other the general one.
         """
         self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
-        plain = act_layout.is_leaf and obs_layout.is_leaf and not info_keys
+        plain = act_layout.is_leaf and obs_layout.is_leaf and not info_keys and not sticky
         self.step = self._step_plain if plain else self._step_general
 
     def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
@@ -375,9 +377,7 @@ class EnvList:
         """
         raise ConfigurationError("EnvList.step before bind(): the collector binds the layouts first")
 
-    def _step_plain(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
-        if skip is not None:
-            return self._step_general(row, skip)
+    def _step_plain(self, row: Row, skip: None) -> List[int]:
         act, obs, rew, shape = row.act[0], row.obs[0], row.rew, self.obs_layout.shapes[0]
         ended = []
         for j, env in enumerate(self.envs):
@@ -481,8 +481,11 @@ class BatchedEnv:
     def reset(self, seeds: Sequence[int]) -> Any:
         return self.env.reset(seed=list(seeds))[0]
 
-    def bind(self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]]) -> None:
-        """Fix the layouts used by :meth:`step` (called once by :func:`rollout.core.startup`)."""
+    def bind(
+        self, obs_layout: Layout, act_layout: Layout, info_keys: List[Tuple[str, Any]], sticky: bool = False
+    ) -> None:
+        """Fix the layouts used by :meth:`step` (called once by :func:`rollout.core.startup`;
+        ``sticky`` is always False: a batched env cannot skip its finished envs)."""
         self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
         self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
 
