@@ -60,7 +60,8 @@ class Actor(torch.nn.Module):
         ``x_t`` starts a new episode (``act``, ``rew`` then belong to the ended one and must be
         ignored); ``stepno`` int64 counts steps in the episode. ``hx=None`` asks for a fresh
         recurrent state for batch B. ``virtual=True`` means the returned action will not be
-        executed (a lookahead for bootstrapping). Returns the action ``a_t`` (nested as the
+        executed (a lookahead for bootstrapping; only asked of an actor with ``info``, the only
+        output a virtual step records). Returns the action ``a_t`` (nested as the
         action space, leaves ``(n_seq, B, ...)`` with the space's dtype), the next recurrent
         state (new tensors, batch at dim 1; ``()`` for feed-forward actors), and ``info``, a
         nested dict of ``(n_seq, B, ...)`` tensors recorded into ``Fragment.actor`` (by

@@ -134,7 +134,7 @@ class _Plan:
         self.fin = buffers.numpy_view(state.fin)
         self.terminated = buffers.numpy_view(state.terminated)
         self.truncated = np.zeros(self.fin.shape, dtype=bool)  # not a fragment field: fin & ~terminated
-        self.ramp = np.arange(T + 1, dtype=np.int64)[:, None]  # (1+T, 1): 0, 1, ..., T
+        self.ramp = np.arange(T + 1, dtype=np.int64)  # (1+T,): 0, 1, ..., T
         self.episode_return = buffers.numpy_view(final.episode_return)
         self.episode_length = buffers.numpy_view(final.episode_length)
         # What a step of the envs into row t reads and writes (row 0 is never stepped into).
@@ -193,8 +193,12 @@ class Context:
     spec: Fragment  # S: example leaves of one row and column, for buffers.allocate
     hx: Any  # S, C: the recurrent state to feed the next step, batch at dim 1
     carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
-    episode_return: np.ndarray  # S, C: (B,) float64, each env's return up to row `start` of this fragment (math.fsum)
-    start: np.ndarray  # C: (B,) int64, the row of the fragment at which each env's episode_return stands
+    recurrent: bool  # S: the actor's hx has leaves (reset at episode ends)
+    has_info: bool  # S: the actor's info has leaves (recorded: the lookahead and bootstrap steps run)
+    # S, C: B floats, each env's return up to row `start` of this fragment (math.fsum); plain Python
+    # floats and ints, as the scalar work at episode ends is cheapest on them
+    episode_return: List[float]
+    start: List[int]  # C: B ints, the row of the fragment at which each env's episode_return stands
     frozen: np.ndarray  # C: (B,) bool, sticky envs frozen until the fragment ends
     version: int = 0  # W (or same): written into Fragment.version
     worker: int = 0  # W: written into Fragment.worker
@@ -462,8 +466,10 @@ def startup(
         spec=spec,
         hx=hx,
         carry=optree.tree_leaves(state) + optree.tree_leaves(final),
-        episode_return=np.zeros(B, dtype=np.float64),
-        start=np.zeros(B, dtype=np.int64),
+        recurrent=hx_spec.num_leaves > 0,
+        has_info=info_spec.num_leaves > 0,
+        episode_return=[0.0] * B,
+        start=[0] * B,
         frozen=np.zeros(B, dtype=bool),
     )
 
@@ -611,10 +617,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         try:
             for t in range(T):
                 t1 = t + 1
-                # react
-                act, hx_next, info = actor.step(
-                    *(inputs[t] if device is None else _to(device, inputs[t])), hx=hx, virtual=False
-                )
+                # react (positional arguments: a call without * packing)
+                stepno, obs, act, rew, fin = inputs[t] if device is None else _to(device, inputs[t])
+                act, hx_next, info = actor.step(stepno, obs, act, rew, fin, hx=hx, virtual=False)
                 record(act, hx_next, info, act_rows[t1], actor_rows[t])
                 # step (frozen envs are not called)
                 ends = step_envs(rows[t1], skip)
@@ -626,9 +631,11 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
         except ActorContractError as error:  # the actor's fault: say which actor and which row
             raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
 
-        # Row T: a virtual lookahead step (its action is never executed; hx does not advance).
-        _, _, info = actor.step(*_to(device, inputs[T]), hx=hx, virtual=True)
-        context.copy_info(info, actor_rows[T])
+        # Row T: a virtual lookahead step (its action is never executed; hx does not advance),
+        # for the info it records: an actor without info is not asked.
+        if context.has_info:
+            _, _, info = actor.step(*_to(device, inputs[T]), hx=hx, virtual=True)
+            context.copy_info(info, actor_rows[T])
         _end(context, plan)
         context.hx = hx
     return fragment
@@ -651,17 +658,17 @@ def _begin(context: Context, plan: _Plan) -> None:
     if plan.hx_leaves:
         for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
             dst.copy_(src)
-    np.add(plan.stepno[0], plan.ramp[1:], out=plan.stepno[1:])
+    np.add(plan.stepno[0], plan.ramp[1:, None], out=plan.stepno[1:])
     for dst, value in zip(plan.identity, (context.version, context.worker, context.sequence)):
         dst.fill(value)
     context.frozen[:] = False
-    context.start[:] = 0
+    context.start[:] = [0] * len(context.start)
 
 
 def _end(context: Context, plan: _Plan) -> None:
     """Returns of the episodes still running summed up to row T; row T carried to the next fragment."""
     ret, rew = context.episode_return, plan.rew
-    for j, first in enumerate(context.start.tolist()):  # the rewards after each env's `start` row
+    for j, first in enumerate(context.start):  # the rewards after each env's `start` row
         ret[j] += math.fsum(rew[first + 1 :, j].tolist())
     for copy, dst, src in plan.save:
         copy(dst, src)
@@ -677,26 +684,26 @@ def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ends: List[in
     fragment's end, and resets the recurrent state of every env with ``fin``. Returns that state
     and whether the next step has resets too (a recurrent actor with frozen envs).
     """
-    fin, stepno, rew, truncated, sticky = plan.fin[t1], plan.stepno, plan.rew, plan.truncated[t1], context.sticky
-    start, ret, length, total = context.start, context.episode_return, plan.episode_length[t1], plan.episode_return[t1]
+    fin, stepno, rew, truncated, sticky = plan.fin, plan.stepno, plan.rew, plan.truncated, context.sticky
+    start, ret, length, total = context.start, context.episode_return, plan.episode_length, plan.episode_return
     bootstrap = False
     # Scalar work, env by env: usually one env ends at a time, and numpy calls cost more than the loop.
     for j in ends:
-        length[j] = stepno[t1, j]
-        total[j] = ret[j] + math.fsum(rew[start[j] + 1 : t1 + 1, j].tolist())
-        start[j], ret[j], fin[j] = t1, 0.0, True
-        bootstrap = bootstrap or truncated[j]
-    if bootstrap:
-        _bootstrap(context, plan, t1, hx, truncated, stepno[t1])
+        length[t1, j] = stepno[t1, j]
+        total[t1, j] = ret[j] + math.fsum(rew[start[j] + 1 : t1 + 1, j].tolist())
+        start[j], ret[j], fin[t1, j] = t1, 0.0, True
+        bootstrap = bootstrap or truncated[t1, j]
+    if bootstrap and context.has_info:  # an actor without info has nothing to record
+        _bootstrap(context, plan, t1, hx, truncated[t1], stepno[t1])
     if sticky:
         if ends:
             _freeze(context, plan, t1, ends)
     else:
-        ramp = plan.ramp[: context.n_steps + 1 - t1, 0]
+        ramp = plan.ramp[: context.n_steps + 1 - t1]
         for j in ends:
             stepno[t1:, j] = ramp
-    if context.hx_spec.num_leaves:
-        at = np.flatnonzero(fin) if sticky else np.array(ends)
+    if context.recurrent:
+        at = np.flatnonzero(fin[t1]) if sticky else np.array(ends)
         if len(at):
             hx = _reset(context.actor, hx, torch.from_numpy(at), context.hx_spec)
         return hx, sticky and bool(context.frozen.any())

@@ -84,37 +84,44 @@ class Feed(Iterator):
             fragment.worker,
             fragment.version,
         )
-        cpu = fin.device.type == "cpu"
+        if self._counts is None:
+            self._counts = self._zeros(fin.device)
+        counts, cpu = self._counts, self._cpu
         if cpu:
             fin, length, version = fin.numpy(), length.numpy(), version.numpy()
             worker = worker.numpy() if worker is not None else None
         fin, ended = fin[1:], length[1:] > 0
         # A step into row t is real unless that row is a frozen (sticky) row: fin without an episode end.
-        steps = fin.shape[0] - (fin & ~ended).sum(0)  # (B,)
-        lag = (self._source.version() - version).clip(0, _LAGS - 1)
-        if self._counts is None:
-            zeros = (
-                (lambda n: np.zeros(n, dtype=np.int64))
-                if cpu
-                else (lambda n: torch.zeros(n, dtype=torch.int64, device=fin.device))
-            )
-            self._counts = {
-                "env_steps": zeros(()),
-                "episodes": zeros(()),
-                "worker_steps": zeros(self._source.n_workers),
-                "lag": zeros(_LAGS),
-            }
-        counts = self._counts
-        counts["env_steps"] += steps.sum()
-        counts["episodes"] += ended.sum()
-        if cpu:
+        frozen = fin > ended  # fin & ~ended
+        lag = self._source.version() - version
+        if cpu:  # ufuncs called directly: their wrappers (sum, clip) cost more than the work here
+            steps = fin.shape[0] - np.add.reduce(frozen, 0)  # (B,)
+            counts["env_steps"] += np.add.reduce(steps)
+            counts["episodes"] += np.count_nonzero(ended)
             if worker is not None:
                 np.add.at(counts["worker_steps"], worker, steps)
-            counts["lag"] += np.bincount(lag, minlength=_LAGS)
+            counts["lag"] += np.bincount(np.minimum(np.maximum(lag, 0), _LAGS - 1), minlength=_LAGS)
         else:
+            steps = fin.shape[0] - frozen.sum(0)
+            counts["env_steps"] += steps.sum()
+            counts["episodes"] += ended.sum()
             if worker is not None:
                 counts["worker_steps"].index_add_(0, worker.to(fin.device), steps)
-            counts["lag"] += torch.bincount(lag.to(fin.device), minlength=_LAGS)
+            counts["lag"] += torch.bincount(lag.clip(0, _LAGS - 1).to(fin.device), minlength=_LAGS)
+
+    def _zeros(self, device: torch.device) -> Dict[str, Any]:
+        """The running counts, zero: numpy arrays for CPU fragments, else tensors on their device."""
+        self._cpu = device.type == "cpu"
+        if self._cpu:
+            zeros = lambda n: np.zeros(n, dtype=np.int64)  # noqa: E731
+        else:
+            zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=device)  # noqa: E731
+        return {
+            "env_steps": zeros(()),
+            "episodes": zeros(()),
+            "worker_steps": zeros(self._source.n_workers),
+            "lag": zeros(_LAGS),
+        }
 
     def stats(self) -> Dict[str, Any]:
         """Plain numbers on the collection so far and since the previous call.

@@ -205,3 +205,31 @@ def test_a_dirty_buffer_gets_exactly_what_a_fresh_one_gets(sticky):
         for (path, x), y in zip(zip(*optree.tree_flatten_with_path(expected)[:2]), optree.tree_leaves(found)):
             assert torch.equal(x, y), f"{path}: {x.tolist()} != {y.tolist()}"
         assert rollout.episodes(found).lengths.numel() > 0
+
+
+class Silent(rollout.Actor):
+    """Action 0, no state, no info; logs whether each step was virtual."""
+
+    def __init__(self):
+        super().__init__()
+        self.virtual = []
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        self.virtual.append(virtual)
+        return torch.zeros(obs.shape[:2], dtype=torch.int64), (), {}
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+def test_an_actor_without_info_is_asked_no_virtual_step_after_startup(sticky):
+    # Row T's lookahead and the truncation bootstraps record only info: with none there is nothing to ask.
+    actor = Silent()
+    with same.rollout([Corridor(max_steps=2), Corridor(length=3)], actor, 5, seed=0, sticky=sticky) as feed:
+        startup = len(actor.virtual)
+        f = next(feed).clone()
+        next(feed)
+    assert actor.virtual[:startup] == [True]  # startup's one question about the outputs' layout
+    assert actor.virtual[startup:] == [False] * 10  # 5 real steps per fragment, no lookahead, no bootstrap
+    # env 0 is truncated at row 2 (and, not sticky, row 4): recorded all the same
+    assert f.final.episode_length[:, 0].tolist() == [0, 0, 2, 0, 0 if sticky else 2, 0]
+    assert f.state.fin[:, 0].tolist() == [True, False, True, True, True, True] if sticky else [True, False] * 3
+    assert f.state.terminated[2, 0].item() is False

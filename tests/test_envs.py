@@ -1,5 +1,8 @@
 """Env adapter: nested spaces, namedtuples, legacy gym API, batched envs, bad envs."""
 
+import threading
+import warnings
+
 import gymnasium
 import numpy as np
 import pytest
@@ -96,6 +99,43 @@ def test_env_info_declared_and_missing_keys_get_the_fill_value():
         same.rollout([Corridor()], Counter(), 4, env_info=["nothing"])
 
 
+class Uncopyable(Corridor):
+    """Holds a lock (``deepcopy`` raises) and counts the deep copies tried on it."""
+
+    made: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        Uncopyable.made.append(self)
+
+    def __deepcopy__(self, memo):
+        raise AssertionError("the probe deep-copied a collected env")
+
+
+def test_a_factory_batch_is_probed_on_a_spare_env_from_the_factory_not_a_copy_of_env_0():
+    # A copy would slow env 0 down for good on CPython 3.11/3.12 (its __dict__ is materialised),
+    # and envs that hold handles cannot be copied; a spare env from the factory has neither problem.
+    Uncopyable.made = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not probe" warning
+        with same.rollout(Uncopyable, Counter(), 4, n_envs=2, seed=0) as feed:
+            f = next(feed)
+            collected = feed._generator.gi_frame.f_locals["context"].envs.envs
+    assert f.env["pos"][:, 0].tolist() == [1, 2, 3, 1]  # the probe found the info key
+    assert len(Uncopyable.made) == 3 and Uncopyable.made[2] not in collected  # 2 collected + 1 spare
+    assert [env.actions for env in collected] == [[0] * 4] * 2  # the spare's probe step is not theirs
+
+
+def test_a_list_of_envs_that_cannot_be_copied_warns_and_records_no_info():
+    env = Corridor()
+    env.lock = threading.Lock()
+    with pytest.warns(UserWarning, match="could not probe the env"):
+        feed = same.rollout([env], Counter(), 4)
+    with feed:
+        assert next(feed).env == {}
+
+
 # ------------------------------------------------------------------------------------ bad input
 class WrongShape(Corridor):
     def reset(self, *, seed=None, options=None):
@@ -178,5 +218,6 @@ def test_factory_receives_a_seed_and_created_envs_are_closed():
     feed = same.rollout(factory, Counter(), 4, n_envs=3, seed=1)
     next(feed)
     feed.close()
-    assert len({seed for seed, _ in made}) == 3
-    assert all(env.closed for _, env in made)
+    assert len(made) == 4  # the 3 collected envs, then the spare that the probe steps
+    assert len({seed for seed, _ in made[:3]}) == 3
+    assert all(env.closed for _, env in made)  # the spare too
