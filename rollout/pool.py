@@ -37,13 +37,14 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
 import sys
 import tempfile
 import time
 import traceback
 from collections import deque
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cloudpickle
 import numpy as np
@@ -253,6 +254,10 @@ class _Pool:
         self.since = [0.0] * n_actors  # when it last changed (or the worker was given work)
         self.next_worker = 0  # round robin among the least loaded
         self.stalled: set = set()  # workers reported as stuck
+        # One poll object over every pipe and process sentinel, built once: building a selector at
+        # every wait (multiprocessing.connection.wait) was a third of the learner's work per batch.
+        self.poller: Optional[select.poll] = None
+        self.fds: Dict[int, Tuple[str, int]] = {}  # fd -> ("pipe" or "exit", worker index)
 
     def set_close_timeout(self, timeout: Optional[float]) -> None:
         if timeout is not None:
@@ -288,6 +293,11 @@ class _Pool:
             self.pipes.append(parent)
             self.stderr.append(log)
             self.since[index] = time.monotonic()
+        self.poller = select.poll()
+        for index, (pipe, process) in enumerate(zip(self.pipes, self.processes)):
+            for kind, fd in (("pipe", pipe.fileno()), ("exit", process.sentinel)):
+                self.fds[fd] = (kind, index)
+                self.poller.register(fd, select.POLLIN)
 
     # ------------------------------------------------------------------------------- slots
     def release(self, slots) -> None:
@@ -321,12 +331,12 @@ class _Pool:
         """
         while True:
             self._check_stalls()
-            ready = multiprocessing.connection.wait(self.pipes + [p.sentinel for p in self.processes], _POLL)
-            for index, process in enumerate(self.processes):
-                if process.sentinel in ready:
+            ready = {self.fds[fd] for fd, _ in self.poller.poll(_POLL * 1000)}  # any event: readable, hung up
+            for index in range(self.n_actors):
+                if ("exit", index) in ready:
                     self._raise_for(index)
             for index, pipe in enumerate(self.pipes):
-                if pipe in ready:
+                if ("pipe", index) in ready:
                     try:
                         message = pipe.recv()
                     except (EOFError, OSError):  # it died; under forkserver its exit shows up later
@@ -440,6 +450,7 @@ class _Pool:
         # traceback keeps this object alive. (The pool uses no named semaphore, which a killed
         # learner could leave in /dev/shm: stop is a flag in shared memory.)
         self.processes, self.pipes, self.batches, self.stderr = [], [], [], []
+        self.poller, self.fds = None, {}
         self.stop = self.store = self.progress = self.watch = None
 
 

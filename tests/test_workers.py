@@ -92,13 +92,15 @@ def test_nested_observations_and_sticky_recurrent_actor_through_workers(clean):
         assert f.final.episode_length[:, 0].tolist() == [0, 0, 2, 0, 0]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])  # spawn: the weight store travels pickled
 @pytest.mark.parametrize("collector", ["single", "multi"])
-def test_weight_updates_reach_the_workers(collector, clean):
+def test_weight_updates_reach_the_workers(collector, start_method, clean):
     actor = Switch()
     if collector == "single":
-        feed, within = single.rollout(lambda: Corridor(), actor, 4, 2, start_method="fork"), 2
+        feed, within = single.rollout(lambda: Corridor(), actor, 4, 2, start_method=start_method), 2
     else:
-        feed = multi.rollout(lambda: Corridor(), actor, 4, 2, 2, 1, n_buffers=3, start_method="fork")
+        feed = multi.rollout(lambda: Corridor(), actor, 4, 2, 2, 1, n_buffers=3, start_method=start_method)
         within = 3 + 1  # n_buffers // n_per_batch batch buffers in flight, plus the one being filled
     with feed:
         for k, batch in enumerate(itertools.islice(feed, 3)):
