@@ -63,7 +63,9 @@ else is written per fragment or at episode ends (*record*): step numbers are lai
 ``stepno[0] + t`` when the fragment begins and corrected from an episode's end on; returns are
 summed when an episode ends (and for running episodes at the fragment's end); a sticky env's
 frozen rows are written once, when it freezes. Checks and copies that depend on the layout (the
-actor's outputs, the envs' loop) are chosen once, at :func:`startup` and ``EnvList.bind``.
+actor's outputs, the envs' loop) are chosen once, at :func:`startup` and ``EnvList.bind``. An
+actor without ``info`` is asked no virtual step (row T's lookahead and the truncation bootstraps
+record only ``info``), and the per-env scalars of episode ends are plain Python numbers.
 """
 
 import dataclasses
