@@ -59,7 +59,17 @@ from .feed import Feed, Source, close_all
 from .fragment import Fragment
 from .sync import WeightStore, WriterGone
 
-__all__ = ["collector", "WorkerConfig", "positive", "DEFAULT_START_METHOD", "DEFAULT_STALL_TIMEOUT"]
+__all__ = [
+    "collector",
+    "check",
+    "Checked",
+    "worker_context",
+    "torch_seed",
+    "WorkerConfig",
+    "positive",
+    "DEFAULT_START_METHOD",
+    "DEFAULT_STALL_TIMEOUT",
+]
 
 # spawn: a fresh interpreter per worker, safe whatever threads torch (OpenMP) or the user started
 # in the parent; fork copies such threads' locks in whatever state they were. forkserver is also
@@ -92,7 +102,8 @@ def positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def _torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
+def torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
+    """The torch seed of a worker seeded with ``seed``."""
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return int(sequence.generate_state(2, np.uint32)[1])
 
@@ -123,6 +134,113 @@ class WorkerConfig:
         self.batches = []
 
 
+@dataclasses.dataclass
+class Checked:
+    """What :func:`check` found: the arguments normalised, and the layout the probe env gave."""
+
+    n_per_actor: int
+    n_per_batch: int
+    n_buffers: int
+    device: Optional[torch.device]
+    spec: Fragment  # example leaves of one row and column (see rollout.core.Context.spec)
+    env_info: Dict[str, np.ndarray]  # env-info keys and examples, as the probe found them
+    batched: bool  # the factory returns a VectorEnv (a worker's whole batch)
+    factory: bytes  # cloudpickled
+    actor: bytes  # cloudpickled
+
+
+def check(
+    factory: Any,
+    actor: Actor,
+    *,
+    n_steps: int,
+    n_per_actor: int,
+    n_per_batch: int,
+    n_buffers: Optional[int],
+    default_buffers: int,
+    sticky: bool,
+    device: Any,
+    env_info: Any,
+    n_threads: int,
+    timeout: float,
+    stall_timeout: Optional[float],
+) -> Checked:
+    """Validate a worker collector's arguments, env and actor in this process, before any worker
+    starts (the env and the actor on a probe env built here and stepped in place).
+
+    Shared by the process pool (:func:`collector`) and the Ray collector (:mod:`rollout.distributed`).
+    ``default_buffers`` is ``n_buffers`` when it is None.
+    """
+    n_per_actor = positive("n_per_actor", n_per_actor)
+    n_per_batch = positive("n_per_batch", n_per_batch)
+    positive("n_steps", n_steps)
+    positive("n_threads", n_threads)
+    n_buffers = positive("n_buffers", default_buffers if n_buffers is None else n_buffers)
+    if n_buffers % n_per_batch or n_buffers < 2 * n_per_batch:
+        raise ConfigurationError(
+            f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
+            f"{2 * n_per_batch} (one batch for the learner, one being filled); found n_buffers={n_buffers}"
+        )
+    if stall_timeout is not None and (
+        isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0
+    ):
+        raise ConfigurationError(f"stall_timeout must be a positive number of seconds or None, found {stall_timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigurationError(f"timeout must be a non-negative number of seconds, found {timeout!r}")
+    if not is_factory(factory):
+        raise ConfigurationError(
+            f"worker collectors need an env factory (an env class, or a callable returning an env), found {type(factory).__name__}"
+        )
+    if not isinstance(actor, Actor):
+        raise ActorContractError(f"expected an actor subclassing rollout.Actor, found {type(actor).__name__}")
+    device = checks.device(device)
+    try:
+        payload_factory, payload_actor = cloudpickle.dumps(factory), cloudpickle.dumps(actor)
+    except Exception as error:
+        raise ConfigurationError(f"the factory and the actor must be picklable with cloudpickle: {error}") from error
+
+    probe = make_batch(factory, 1, 0)
+    try:
+        if probe.batched and len(probe) != n_per_actor:
+            raise ConfigurationError(
+                f"the factory returns a VectorEnv of {len(probe)} envs: each worker steps one, so n_per_actor must be "
+                f"{len(probe)}, found n_per_actor={n_per_actor}"
+            )
+        spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info, disposable=True).spec
+    finally:
+        probe.close()
+    return Checked(
+        n_per_actor=n_per_actor,
+        n_per_batch=n_per_batch,
+        n_buffers=n_buffers,
+        device=device,
+        spec=spec,
+        env_info={key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()},
+        batched=probe.batched,
+        factory=payload_factory,
+        actor=payload_actor,
+    )
+
+
+def worker_context(
+    factory: Any, actor: Actor, seed: Any, index: int, n_envs: int, n_steps: int, **options
+) -> core.Context:
+    """A worker's envs and running context: envs from ``factory`` seeded from ``seed`` (``n_envs``
+    of them, or the one VectorEnv it returns), torch seeded from it too, and ``Fragment.worker``
+    set to ``index``. ``options``: ``sticky``, ``env_info`` (the probe's examples), ``batched``,
+    ``close`` (close the envs if the start fails)."""
+    torch.manual_seed(torch_seed(seed))
+    batch = make_batch(factory, 1 if options["batched"] else n_envs, seed)
+    try:
+        context = core.startup(batch, actor, n_steps, sticky=options["sticky"], seed=seed, env_info=options["env_info"])
+    except BaseException:
+        if options["close"]:
+            batch.close()
+        raise
+    context.worker = index
+    return context
+
+
 def collector(
     factory: Any,
     actor: Actor,
@@ -147,53 +265,34 @@ def collector(
 
     Validates everything in this process; the workers start at the first ``next()``.
     """
-    n_per_actor = positive("n_per_actor", n_per_actor)
-    n_per_batch = positive("n_per_batch", n_per_batch)
-    positive("n_steps", n_steps)
-    positive("n_threads", n_threads)
-    if n_buffers is None:
-        n_buffers = n_per_batch * max(2, -(-(n_actors + n_per_batch) // n_per_batch))
-    n_buffers = positive("n_buffers", n_buffers)
-    if n_buffers % n_per_batch or n_buffers < 2 * n_per_batch:
-        raise ConfigurationError(
-            f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
-            f"{2 * n_per_batch} (one batch for the learner, one being filled); found n_buffers={n_buffers}"
-        )
-    if stall_timeout is not None and (
-        isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0
-    ):
-        raise ConfigurationError(f"stall_timeout must be a positive number of seconds or None, found {stall_timeout!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ConfigurationError(f"timeout must be a non-negative number of seconds, found {timeout!r}")
     start_method = start_method or DEFAULT_START_METHOD
     if start_method not in multiprocessing.get_all_start_methods():
         raise ConfigurationError(
             f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}"
         )
-    if not is_factory(factory):
-        raise ConfigurationError(
-            f"worker collectors need an env factory (an env class, or a callable returning an env), found {type(factory).__name__}"
-        )
-    if not isinstance(actor, Actor):
-        raise ActorContractError(f"expected an actor subclassing rollout.Actor, found {type(actor).__name__}")
-    device = checks.device(device)
-    try:
-        payload_factory, payload_actor = cloudpickle.dumps(factory), cloudpickle.dumps(actor)
-    except Exception as error:
-        raise ConfigurationError(f"the factory and the actor must be picklable with cloudpickle: {error}") from error
-
-    # Validate the env and the actor on a probe env built here and stepped in place, before any worker starts.
-    probe = make_batch(factory, 1, 0)
-    try:
-        if probe.batched and len(probe) != n_per_actor:
-            raise ConfigurationError(
-                f"the factory returns a VectorEnv of {len(probe)} envs: each worker steps one, so n_per_actor must be "
-                f"{len(probe)}, found n_per_actor={n_per_actor}"
-            )
-        spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info, disposable=True).spec
-    finally:
-        probe.close()
-    env_info = {key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()}
+    n_per_batch_ = positive("n_per_batch", n_per_batch)
+    checked = check(
+        factory,
+        actor,
+        n_steps=n_steps,
+        n_per_actor=n_per_actor,
+        n_per_batch=n_per_batch,
+        n_buffers=n_buffers,
+        default_buffers=n_per_batch_ * max(2, -(-(n_actors + n_per_batch_) // n_per_batch_)),
+        sticky=sticky,
+        device=device,
+        env_info=env_info,
+        n_threads=n_threads,
+        timeout=timeout,
+        stall_timeout=stall_timeout,
+    )
+    n_per_actor, n_per_batch, n_buffers, device, spec = (
+        checked.n_per_actor,
+        checked.n_per_batch,
+        checked.n_buffers,
+        checked.device,
+        checked.spec,
+    )
     n_batches = n_buffers // n_per_batch
     n_weights = len(actor.state_dict())
     checks.file_descriptors(
@@ -204,8 +303,8 @@ def collector(
     pool = _Pool(context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout)
     pool.store = WeightStore(actor)
     config = WorkerConfig(
-        factory=payload_factory,
-        actor=payload_actor,
+        factory=checked.factory,
+        actor=checked.actor,
         store=pool.store,
         batches=pool.batches,
         progress=pool.progress,
@@ -215,10 +314,10 @@ def collector(
         n_per_actor=n_per_actor,
         n_per_batch=n_per_batch,
         sticky=sticky,
-        env_info=env_info,
+        env_info=checked.env_info,
         n_threads=n_threads,
         close=close,
-        batched=probe.batched,
+        batched=checked.batched,
     )
     source = Source(
         version=lambda: pool.store.version if pool.store is not None else -1,
@@ -596,15 +695,25 @@ def _work(index: int, seed, pipe, config: WorkerConfig) -> None:
     torch.set_num_threads(config.n_threads)
     batch = None
     try:
-        torch.manual_seed(_torch_seed(seed))
         factory = cloudpickle.loads(config.factory)
         actor = cloudpickle.loads(config.actor)
         n_per_actor, n_per_batch = config.n_per_actor, config.n_per_batch
         slots = [buffers.narrow(b, k * n_per_actor, n_per_actor) for b in config.batches for k in range(n_per_batch)]
-        batch = make_batch(factory, 1 if config.batched else n_per_actor, seed)  # a VectorEnv is the worker's batch
         mark(_STARTING)
-        context = core.startup(batch, actor, config.n_steps, sticky=config.sticky, seed=seed, env_info=config.env_info)
-        context.worker, context.progress = index, progress[0:1]
+        context = worker_context(
+            factory,
+            actor,
+            seed,
+            index,
+            n_per_actor,
+            config.n_steps,
+            sticky=config.sticky,
+            env_info=config.env_info,
+            batched=config.batched,
+            close=config.close,
+        )
+        batch = context.envs
+        context.progress = progress[0:1]
         store, stop = config.store, config.stop.numpy()
         have = -1
         while True:
