@@ -27,11 +27,15 @@ Ray. ``address=None`` uses the Ray instance this process has already initialised
 local one, which ``close()`` shuts down; ``address="auto"``, ``"host:port"`` or ``"ray://..."``
 connects to a running cluster, which is never shut down (``close()`` disconnects from it only if
 this collector connected). ``worker_options`` are Ray actor options (``num_cpus``, ``resources``,
-``runtime_env``, ...); the default is ``num_cpus=1``. Priority: Ray starts its worker processes
-at a lower CPU priority than the driver (nice); the workers here renice themselves to the priority
-of the process that called ``rollout`` when they are allowed to (an unprivileged process can lower
-its priority, not raise it: then they stay where Ray put them), because a collector competes with
-the learner for the CPU and a niced worker collects several times slower on a busy machine.
+``runtime_env``, ...); the default is ``num_cpus=1``. A local instance started here gets at least
+one CPU per worker (as ``multi`` starts every process), so no worker waits unscheduled.
+
+Priority: Ray starts its worker processes at a lower CPU priority than the driver (nice 15 here,
+Ray's ``RAY_worker_niceness`` default), which on a busy machine lets the learner and every other
+process starve the collectors. Our workers set their own niceness back to that of the process that
+called ``rollout`` (nice 0 for a plain driver). An unprivileged process may raise its niceness but
+not lower it: there the workers stay where Ray put them, and ``RAY_worker_niceness=0`` in the
+environment of whatever starts Ray (``ray start`` on every node, or this process) is the remedy.
 
 Failures (never a hang): an exception in a worker is raised from ``next()`` as
 :class:`rollout.errors.WorkerError` with the worker's traceback; a worker whose process or node
@@ -231,6 +235,12 @@ class _Worker:
         context = getattr(self, "context", None)
         return int(context.progress[0]) if context is not None else -1
 
+    def identity(self) -> Dict[str, Any]:
+        """Where this worker runs: ``pid`` and Ray ``node`` id (answered while ``collect`` runs)."""
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
     def close(self) -> None:
         if getattr(self, "context", None) is not None:
             self.context.close()
@@ -243,6 +253,10 @@ def _remote_worker(ray):
         @ray.method(concurrency_group="health")
         def heartbeat(self) -> int:
             return _Worker.heartbeat(self)
+
+        @ray.method(concurrency_group="health")
+        def identity(self) -> Dict[str, Any]:
+            return _Worker.identity(self)
 
     return ray.remote(concurrency_groups={"health": 1})(Worker)
 

@@ -1,7 +1,9 @@
 """``rollout.distributed``: multi.rollout's contract on Ray actors (a local Ray instance per module)."""
 
+import gc
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -146,14 +148,18 @@ def test_a_worker_exception_is_raised_from_next_with_its_traceback(factory, mess
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_is_a_worker_error_not_a_hang():
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_a_killed_worker_is_a_worker_error_not_a_hang(how):
     feed = distributed.rollout(lambda: Corridor(), Counter(), 4, 2, 1, seed=0)
     next(feed)
-    workers = feed._generator.gi_frame.f_locals["cluster"].workers
-    ray.kill(workers[1], no_restart=True)
+    worker = feed._generator.gi_frame.f_locals["cluster"].workers[1]
+    if how == "ray.kill":
+        ray.kill(worker, no_restart=True)
+    else:
+        os.kill(ray.get(worker.identity.remote(), timeout=30)["pid"], signal.SIGKILL)
     start = time.monotonic()
     with pytest.raises(WorkerError, match="worker 1 died"):
-        for _ in itertools.islice(feed, 20):
+        for _ in itertools.islice(feed, 50):
             pass
     assert time.monotonic() - start < 30
     feed.close()
@@ -184,17 +190,43 @@ def test_bad_input_is_rejected_before_any_ray_actor_starts():
         distributed.rollout(Corridor, Counter(), 4, 2, 1, worker_options=["num_cpus"])
 
 
-@pytest.mark.timeout(120)
-def test_close_kills_our_workers_and_leaves_a_ray_instance_we_did_not_start():
-    feed = distributed.rollout(lambda: Corridor(), Counter(), 4, 2, 1, seed=0)
-    next(feed)
-    workers = list(feed._generator.gi_frame.f_locals["cluster"].workers)
-    for _ in itertools.islice(feed, 2):
-        break  # breaking out of a loop does not close: close() does
-    feed.close()
+def _workers(feed):
+    return list(feed._generator.gi_frame.f_locals["cluster"].workers)
+
+
+def _assert_dead(workers, within=30.0):
+    """Every worker's calls fail as a dead actor's within ``within`` s (ray.kill is asynchronous)."""
+    deadline = time.monotonic() + within
     for worker in workers:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(worker.heartbeat.remote(), timeout=30)
+        while True:
+            try:
+                ray.get(worker.heartbeat.remote(), timeout=within)
+            except ray.exceptions.RayActorError:
+                break
+            assert time.monotonic() < deadline, "a worker is still alive after close"
+            time.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["close", "with", "garbage collection"])
+def test_closing_kills_our_workers_and_leaves_a_ray_instance_we_did_not_start(how):
+    feed = distributed.rollout(lambda: Corridor(), Counter(), 4, 2, 1, seed=0)
+    if how == "with":
+        with feed:
+            next(feed)
+            workers = _workers(feed)
+    else:
+        next(feed)
+        workers = _workers(feed)
+        for _ in feed:
+            break  # leaving a loop does not close the feed
+        assert ray.get(workers[0].heartbeat.remote(), timeout=30) >= 4
+        if how == "close":
+            feed.close()
+        else:
+            del feed
+            gc.collect()
+    _assert_dead(workers)
     assert ray.is_initialized()  # the module's instance is not ours to stop
 
 
