@@ -34,6 +34,8 @@ Collectors:
 ``same``           :func:`rollout.same.rollout`
 ``single``         :func:`rollout.single.rollout` (one worker, double-buffered; ``n_actors == 1``)
 ``multi``          :func:`rollout.multi.rollout`, ``n_per_batch = n_actors``
+``distributed``    :func:`rollout.distributed.rollout` on a local Ray instance it starts (the optional
+                   ``ray`` extra), ``n_per_batch = n_actors``: multi's layout over Ray's IPC
 ``torchrl-sync``   TorchRL ``SyncDataCollector`` (optional ``bench`` extra)
 ``torchrl-multi``  TorchRL ``MultiSyncDataCollector`` (optional ``bench`` extra)
 ``envpool``        envpool's sync batched env + the actor (when installed)
@@ -41,6 +43,7 @@ Collectors:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -180,9 +183,9 @@ class Config:
         return f"{self.collector} {self.total}"
 
 
-POOL = ("single", "multi", "torchrl-multi", "ceiling")  # run n_actors workers of n_envs envs
+POOL = ("single", "multi", "torchrl-multi", "ceiling", "distributed")  # run n_actors workers of n_envs envs
 IN_PROCESS = ("hand", "lean", "gym-sync", "gym-async", "same", "torchrl-sync", "envpool")
-COLLECTORS = IN_PROCESS[:5] + POOL[:2] + ("ceiling", "torchrl-sync", "torchrl-multi", "envpool")
+COLLECTORS = IN_PROCESS[:5] + POOL[:2] + ("distributed", "ceiling", "torchrl-sync", "torchrl-multi", "envpool")
 
 
 class _Recorder:
@@ -343,6 +346,11 @@ def _ours(kind: str) -> Callable[[Env, rollout.Actor, Config], Iterator[int]]:
             feed = same.rollout(source, actor, cfg.T, n_envs=None if env.batched else cfg.total, seed=0)
         elif kind == "single":
             feed = single.rollout(env.factory, actor, cfg.T, cfg.n_envs, seed=0)
+        elif kind == "distributed":
+            from rollout import distributed
+
+            _ray_once(cfg.n_actors)
+            feed = distributed.rollout(env.factory, actor, cfg.T, cfg.n_actors, cfg.n_envs, cfg.n_actors, seed=0)
         else:
             feed = multi.rollout(env.factory, actor, cfg.T, cfg.n_actors, cfg.n_envs, cfg.n_actors, seed=0)
         with feed:
@@ -350,6 +358,18 @@ def _ours(kind: str) -> Callable[[Env, rollout.Actor, Config], Iterator[int]]:
                 yield fragment.state.fin.shape[1] * cfg.T
 
     return run
+
+
+def _ray_once(n_actors: int) -> None:
+    """One local Ray instance for the whole benchmark run (stopped at exit): its daemons run, idle
+    or not, through every round, rather than starting and stopping next to other collectors'."""
+    import atexit
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(os.cpu_count() or 1, n_actors), include_dashboard=False, log_to_driver=False)
+        atexit.register(ray.shutdown)
 
 
 def _skip(cfg: Config, env: Env) -> Optional[str]:
@@ -362,7 +382,17 @@ def _skip(cfg: Config, env: Env) -> Optional[str]:
     c = cfg.collector
     if c == "single" and cfg.n_actors != 1:
         return "single.rollout has one worker"
-    if env.batched is not None and c in ("gym-sync", "gym-async", "single", "multi", "torchrl-sync", "torchrl-multi"):
+    if c == "distributed" and importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install -e '.[ray]')"
+    if env.batched is not None and c in (
+        "gym-sync",
+        "gym-async",
+        "single",
+        "multi",
+        "distributed",
+        "torchrl-sync",
+        "torchrl-multi",
+    ):
         return "a numpy-batched env is one object: not split into a vector env or worker factories"
     if c in ("lean", "ceiling") and (cfg.policy != "lean" or env.batched is not None or env.pixels):
         return f"the {c} loop calls the lean policy's network on single flat-observation envs"
@@ -628,7 +658,18 @@ def _summary(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-BASELINES = ("hand", "lean", "ceiling", "gym-sync", "gym-async", "same", "torchrl-sync", "torchrl-multi", "envpool")
+BASELINES = (
+    "hand",
+    "lean",
+    "ceiling",
+    "gym-sync",
+    "gym-async",
+    "same",
+    "multi",
+    "torchrl-sync",
+    "torchrl-multi",
+    "envpool",
+)
 
 
 def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
@@ -853,7 +894,7 @@ def markdown(report: Dict[str, Any]) -> str:
             "|---|---|---:|---|",
         ]
         for r in group["results"]:
-            ours = r["collector"] in ("same", "single", "multi")  # the baselines' own ratios are in the JSON
+            ours = r["collector"] in ("same", "single", "multi", "distributed")  # the baselines' own ratios are in the JSON
             rs = "; ".join(f"/{k} {mmm(v, '.2f')}" for k, v in r["ratios"].items()) if ours else ""
             lines.append(
                 f"| {r['env']} / {r['policy']} | {'**' + r['label'] + '**' if ours else r['label']} | {mmm(r, ',.0f')} | {rs} |"
