@@ -153,3 +153,17 @@ def test_the_lean_loop_and_its_multi_process_ceiling_run_and_leave_no_process():
     # they call the lean policy's network directly: other policies are skipped, with the reason
     reason = throughput._skip(Config("cartpole", "mlp", "lean", 8, 1), throughput.ENVS["cartpole"])
     assert "lean policy" in reason
+
+
+@pytest.mark.timeout(120)
+def test_the_distributed_collector_runs_and_is_skipped_without_ray():
+    ray = pytest.importorskip("ray", reason="Ray (the 'ray' extra) is not installed: pip install -e '.[ray]'")
+    try:
+        rate = throughput.measure(Config("cartpole", "lean", "distributed", 2, 2, T=8), 0.5, 0.1)
+    finally:
+        ray.shutdown()  # the benchmark's instance lives for its run; later tests start their own
+    assert rate > 0
+    reason = throughput._skip(
+        Config("cartpole-batched", "mlp", "distributed", 8, 2), throughput.ENVS["cartpole-batched"]
+    )
+    assert reason is not None
