@@ -658,18 +658,8 @@ def _summary(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-BASELINES = (
-    "hand",
-    "lean",
-    "ceiling",
-    "gym-sync",
-    "gym-async",
-    "same",
-    "multi",
-    "torchrl-sync",
-    "torchrl-multi",
-    "envpool",
-)
+BASELINES = ("hand", "lean", "ceiling", "gym-sync", "gym-async", "same", "torchrl-sync", "torchrl-multi", "envpool")
+OWN_BASELINES = {"distributed": ("multi",)}  # baselines for one collector only
 
 
 def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
@@ -680,7 +670,8 @@ def ratios(group: Group) -> Dict[Config, Dict[str, Dict[str, float]]]:
         entry = {}
         for other, base in group.results.items():
             same_load = (other.env, other.policy, other.total) == (cfg.env, cfg.policy, cfg.total)
-            if other is not cfg and other.collector in BASELINES and same_load and other.collector != cfg.collector:
+            baseline = other.collector in BASELINES or other.collector in OWN_BASELINES.get(cfg.collector, ())
+            if other is not cfg and baseline and same_load and other.collector != cfg.collector:
                 entry[other.collector] = _summary([a / b for a, b in zip(values, base)])
             if (
                 cfg.collector in POOL

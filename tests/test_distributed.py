@@ -220,7 +220,7 @@ def test_closing_kills_our_workers_and_leaves_a_ray_instance_we_did_not_start(ho
         workers = _workers(feed)
         for _ in feed:
             break  # leaving a loop does not close the feed
-        assert ray.get(workers[0].heartbeat.remote(), timeout=30) >= 4
+        ray.get([w.heartbeat.remote() for w in workers], timeout=30)  # alive: a dead worker's call raises
         if how == "close":
             feed.close()
         else:
