@@ -885,7 +885,8 @@ def markdown(report: Dict[str, Any]) -> str:
             "|---|---|---:|---|",
         ]
         for r in group["results"]:
-            ours = r["collector"] in ("same", "single", "multi", "distributed")  # the baselines' own ratios are in the JSON
+            # the baselines' own ratios are in the JSON
+            ours = r["collector"] in ("same", "single", "multi", "distributed")
             rs = "; ".join(f"/{k} {mmm(v, '.2f')}" for k, v in r["ratios"].items()) if ours else ""
             lines.append(
                 f"| {r['env']} / {r['policy']} | {'**' + r['label'] + '**' if ours else r['label']} | {mmm(r, ',.0f')} | {rs} |"
