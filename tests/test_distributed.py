@@ -102,13 +102,13 @@ def test_fragments_equal_multi_workers_for_the_same_seed_with_the_same_layout():
 @pytest.mark.timeout(120)
 def test_weight_updates_reach_the_workers_and_versions_count_next_calls():
     actor = Switch()
-    with distributed.rollout(lambda: Corridor(), actor, 4, 2, 1, 1, n_buffers=2, seed=0) as feed:
+    with distributed.rollout(lambda: Corridor(), actor, 4, 1, 1, 1, n_buffers=2, seed=0) as feed:
         for batch in itertools.islice(feed, 3):
             assert batch.state.act[1:].eq(0).all()
         with torch.no_grad():
             actor.weight.zero_()
         for k, batch in enumerate(itertools.islice(feed, 6), 3):
-            assert (k - batch.version).max() <= 2  # the bound: n_buffers // n_per_batch = 2 with one worker
+            assert (k - batch.version).max() <= 2  # the bound, n_buffers // n_per_batch = 2 (one worker: none slower)
             if batch.version.min() >= 3:
                 break
         assert batch.version.min() >= 3, "the new weights did not reach the worker"
