@@ -368,7 +368,12 @@ def _ray_once(n_actors: int) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, n_actors), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, n_actors),
+            object_store_memory=200 * 1024**2,  # fragments of a few MB at most; fits a small /dev/shm
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         atexit.register(ray.shutdown)
 
 

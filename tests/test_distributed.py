@@ -57,6 +57,19 @@ class HangsInWorker(FailsInWorker):
         return Corridor.step(self, action)
 
 
+class FailsInWorkerActor(Counter):
+    """Counter's outputs; raises in a worker (not here, where the probe steps it) from step 2 on."""
+
+    def __init__(self, home=HOME):
+        super().__init__()
+        self.home = home  # pickled with the actor: the test process's pid
+
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        if os.getpid() != self.home and int(stepno.max()) >= 2:
+            raise ValueError("actor failed on purpose")
+        return super().step(stepno, obs, act, rew, fin, hx=hx, virtual=virtual)
+
+
 def _no_env():
     raise ValueError("no env for this worker")
 
@@ -131,15 +144,16 @@ def test_sync_mode_collects_every_batch_with_the_weights_of_its_own_next():
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "factory, message",
+    "factory, actor, message",
     [
-        (in_worker_only(FailsInWorker), "step failed on purpose"),
-        (in_worker_only(lambda home: Corridor() if os.getpid() == home else _no_env()), "no env for this worker"),
+        (in_worker_only(FailsInWorker), Counter(), "step failed on purpose"),
+        (lambda: Corridor(), FailsInWorkerActor(), "actor failed on purpose"),
+        (in_worker_only(lambda home: Corridor() if os.getpid() == home else _no_env()), Counter(), "no env for this"),
     ],
-    ids=["env.step", "factory"],
+    ids=["env.step", "actor", "factory"],
 )
-def test_a_worker_exception_is_raised_from_next_with_its_traceback(factory, message):
-    feed = distributed.rollout(factory, Counter(), 4, 2, 1, seed=0)
+def test_a_worker_exception_is_raised_from_next_with_its_traceback(factory, actor, message):
+    feed = distributed.rollout(factory, actor, 4, 2, 1, seed=0)
     with pytest.raises(WorkerError, match=message) as info:
         for _ in itertools.islice(feed, 4):
             pass

@@ -37,7 +37,7 @@ def test_fragments_come_from_both_nodes_and_losing_one_is_a_worker_error(cluster
     workers = {}
     try:
         seen = set()
-        for batch in itertools.islice(feed, 20):
+        for batch in itertools.islice(feed, 100):  # first ready: a worker that starts late delivers later
             seen.update(batch.worker.tolist())
             if seen == {0, 1}:
                 break
@@ -54,3 +54,19 @@ def test_fragments_come_from_both_nodes_and_losing_one_is_a_worker_error(cluster
     finally:
         feed.close()
     assert ray.is_initialized()  # the cluster's connection is not ours to close
+
+
+@pytest.mark.timeout(120)
+def test_an_address_connects_to_a_running_cluster_and_close_only_disconnects(cluster):
+    cluster, nodes = cluster
+    ray.shutdown()  # this process is no longer connected: the collector connects by address
+    try:
+        with distributed.rollout(lambda: Corridor(), Counter(), 4, 1, 1, seed=0, address=cluster.address) as feed:
+            next(feed)
+            assert ray.is_initialized()
+        assert not ray.is_initialized()  # it disconnected what it connected...
+        ray.init(address=cluster.address, log_to_driver=False)  # ...and the cluster still runs
+        assert sum(node["Alive"] for node in ray.nodes()) >= 2  # the head and a worker node
+    finally:
+        if not ray.is_initialized():
+            ray.init(address=cluster.address, log_to_driver=False)
