@@ -136,7 +136,6 @@ def rollout(
     """
     ray = _ray()
     n_actors = positive("n_actors", n_actors)
-    npb = positive("n_per_batch", n_per_batch)
     if worker_options is not None and not isinstance(worker_options, dict):
         raise ConfigurationError(f"worker_options must be a dict of Ray actor options, found {worker_options!r}")
     if address is not None and not isinstance(address, str):
@@ -145,10 +144,10 @@ def rollout(
         factory,
         actor,
         n_steps=n_steps,
+        n_actors=n_actors,
         n_per_actor=n_per_actor,
         n_per_batch=n_per_batch,
         n_buffers=n_buffers,
-        default_buffers=npb * max(2, -(-(n_actors + npb) // npb)),
         sticky=sticky,
         device=device,
         env_info=env_info,

@@ -64,7 +64,6 @@ __all__ = [
     "check",
     "Checked",
     "worker_context",
-    "torch_seed",
     "WorkerConfig",
     "positive",
     "DEFAULT_START_METHOD",
@@ -102,8 +101,7 @@ def positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
-    """The torch seed of a worker seeded with ``seed``."""
+def _torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return int(sequence.generate_state(2, np.uint32)[1])
 
@@ -154,10 +152,10 @@ def check(
     actor: Actor,
     *,
     n_steps: int,
+    n_actors: int,
     n_per_actor: int,
     n_per_batch: int,
     n_buffers: Optional[int],
-    default_buffers: int,
     sticky: bool,
     device: Any,
     env_info: Any,
@@ -169,13 +167,16 @@ def check(
     starts (the env and the actor on a probe env built here and stepped in place).
 
     Shared by the process pool (:func:`collector`) and the Ray collector (:mod:`rollout.distributed`).
-    ``default_buffers`` is ``n_buffers`` when it is None.
+    ``n_buffers=None`` is enough for every worker to have one slot while the learner holds a batch.
     """
+    n_actors = positive("n_actors", n_actors)
     n_per_actor = positive("n_per_actor", n_per_actor)
     n_per_batch = positive("n_per_batch", n_per_batch)
     positive("n_steps", n_steps)
     positive("n_threads", n_threads)
-    n_buffers = positive("n_buffers", default_buffers if n_buffers is None else n_buffers)
+    if n_buffers is None:
+        n_buffers = n_per_batch * max(2, -(-(n_actors + n_per_batch) // n_per_batch))
+    n_buffers = positive("n_buffers", n_buffers)
     if n_buffers % n_per_batch or n_buffers < 2 * n_per_batch:
         raise ConfigurationError(
             f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
@@ -229,7 +230,7 @@ def worker_context(
     of them, or the one VectorEnv it returns), torch seeded from it too, and ``Fragment.worker``
     set to ``index``. ``options``: ``sticky``, ``env_info`` (the probe's examples), ``batched``,
     ``close`` (close the envs if the start fails)."""
-    torch.manual_seed(torch_seed(seed))
+    torch.manual_seed(_torch_seed(seed))
     batch = make_batch(factory, 1 if options["batched"] else n_envs, seed)
     try:
         context = core.startup(batch, actor, n_steps, sticky=options["sticky"], seed=seed, env_info=options["env_info"])
@@ -270,15 +271,14 @@ def collector(
         raise ConfigurationError(
             f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}"
         )
-    n_per_batch_ = positive("n_per_batch", n_per_batch)
     checked = check(
         factory,
         actor,
         n_steps=n_steps,
+        n_actors=n_actors,
         n_per_actor=n_per_actor,
         n_per_batch=n_per_batch,
         n_buffers=n_buffers,
-        default_buffers=n_per_batch_ * max(2, -(-(n_actors + n_per_batch_) // n_per_batch_)),
         sticky=sticky,
         device=device,
         env_info=env_info,
