@@ -3,12 +3,15 @@
 - :mod:`rollout.same`, :mod:`rollout.single`, :mod:`rollout.multi`: the collectors, ``rollout()``
   in this process, in one double-buffered worker, in a load-balanced pool of workers; each returns
   a :class:`~rollout.feed.Feed` (iterate, ``close()``, ``stats()``);
+- :mod:`rollout.distributed`: ``multi``'s contract on Ray actors, across machines (the ``ray``
+  extra; import it explicitly: ``from rollout import distributed``);
 - :mod:`rollout.fragment`: the data contract (``Fragment``, ``State``, ``Final``, ``episodes``);
 - :mod:`rollout.actor`: the ``Actor`` base class and its contract;
 - :mod:`rollout.core`: the stepping kernel every collector runs (``startup``, ``collect``);
 - :mod:`rollout.envs`: gymnasium and legacy gym envs, batches of them, seeding, validation;
 - :mod:`rollout.buffers`: preallocated (shared, pinned) fragment buffers;
-- :mod:`rollout.pool`: the worker processes behind ``single`` and ``multi``, and their failures;
+- :mod:`rollout.pool`: the worker processes behind ``single`` and ``multi``, and their failures (its
+  checks and worker start-up also serve ``distributed``);
 - :mod:`rollout.sync`: the weight store (a sequence lock in shared memory);
 - :mod:`rollout.checks`: the arguments checked against this machine (device, file descriptors);
 - :mod:`rollout.evaluate`: deterministic evaluation episodes;
