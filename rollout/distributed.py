@@ -60,6 +60,7 @@ import torch
 
 from . import buffers, core
 from .actor import Actor
+from .envs import seed_sequence
 from .errors import ConfigurationError, WorkerError
 from .feed import Feed, Source
 from .fragment import Fragment
@@ -155,7 +156,7 @@ def rollout(
         timeout=timeout,
         stall_timeout=stall_timeout,
     )
-    seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(n_actors)
+    seeds = seed_sequence(seed).spawn(n_actors)
     config = dict(
         factory=checked.factory,
         actor=checked.actor,
@@ -409,13 +410,14 @@ class _Cluster:
 
 
 _LIVE: "weakref.WeakSet[_Cluster]" = weakref.WeakSet()
-_HOOKED = []
+_hooked = False
 
 
 def _register_exit_hook() -> None:
-    if not _HOOKED:
+    global _hooked
+    if not _hooked:
         atexit.register(_shutdown_all)
-        _HOOKED.append(True)
+        _hooked = True
 
 
 def _shutdown_all() -> None:

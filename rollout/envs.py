@@ -35,6 +35,7 @@ __all__ = [
     "is_factory",
     "is_batched",
     "env_seeds",
+    "seed_sequence",
     "Layout",
     "Row",
 ]
@@ -159,10 +160,14 @@ def make_env(factory: Callable, seed: Optional[int]) -> Any:
         ) from None
 
 
+def seed_sequence(seed: Union[None, int, np.random.SeedSequence]) -> np.random.SeedSequence:
+    """``seed`` as a ``SeedSequence`` (``None``: fresh entropy): the one root every seed derives from."""
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
 def env_seeds(seed: Union[None, int, np.random.SeedSequence], n: int) -> List[int]:
     """``n`` independent 32-bit seeds derived from one ``seed`` (``None``: fresh entropy)."""
-    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    return [int(child.generate_state(1, np.uint32)[0]) for child in sequence.spawn(n)]
+    return [int(child.generate_state(1, np.uint32)[0]) for child in seed_sequence(seed).spawn(n)]
 
 
 def _describe(value: Any) -> str:
@@ -584,9 +589,7 @@ def make_batch(
         if not isinstance(n_envs, int) or n_envs < 1:
             raise ConfigurationError(f"n_envs must be a positive int, found {n_envs!r}")
         seeds = env_seeds(
-            np.random.SeedSequence(seed).spawn(1)[0]
-            if not isinstance(seed, np.random.SeedSequence)
-            else seed.spawn(1)[0],
+            seed_sequence(seed).spawn(1)[0],
             n_envs,
         )
         built = []

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .actor import Actor
+from .envs import seed_sequence
 from .feed import Feed
 from .pool import DEFAULT_START_METHOD, DEFAULT_STALL_TIMEOUT, collector, positive
 
@@ -134,7 +135,7 @@ def rollout(
     ...         loss, info = ppo.loss(batch, actor, ...)
     """
     n_actors = positive("n_actors", n_actors)
-    seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(n_actors)
+    seeds = seed_sequence(seed).spawn(n_actors)
     return collector(
         factory,
         actor,

@@ -53,7 +53,7 @@ import torch
 
 from . import buffers, checks, core
 from .actor import Actor
-from .envs import is_factory, make_batch
+from .envs import is_factory, make_batch, seed_sequence
 from .errors import ActorContractError, ConfigurationError, WorkerError
 from .feed import Feed, Source, close_all
 from .fragment import Fragment
@@ -102,8 +102,7 @@ def positive(name: str, value: Any) -> int:
 
 
 def _torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
-    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    return int(sequence.generate_state(2, np.uint32)[1])
+    return int(seed_sequence(seed).generate_state(2, np.uint32)[1])
 
 
 @dataclasses.dataclass
