@@ -127,8 +127,8 @@ import torch; torch.set_num_threads(1); t["import_torch"] = time.time()
 import cloudpickle, rollout.multi, rollout.envs; from rollout import core, same; t["import_rollout_gymnasium"] = time.time()
 import gymnasium; from zoo.actors import CategoricalMLP; t["import_actor_module"] = time.time()
 import benchmarks.lifecycle; t["import_main_module"] = time.time()  # spawn re-imports the parent's __main__
-batch = rollout.envs.make_batch(lambda: gymnasium.make("CartPole-v1"), 8, 0)
-context = core.startup(batch, CategoricalMLP(4, 2), 128, seed=0); t["build_envs_startup"] = time.time()
+envs = rollout.envs.make_envs(lambda: gymnasium.make("CartPole-v1"), 8, 0)
+context = core.startup(envs, CategoricalMLP(4, 2), 128, seed=0); t["build_envs_startup"] = time.time()
 core.collect(context, context.allocate()); t["collect_fragment"] = time.time()
 print(json.dumps(t), flush=True)
 """

@@ -1,8 +1,9 @@
 """``rollout()`` on a Ray cluster: :func:`rollout.multi.rollout`'s contract, with Ray actors as workers.
 
 A training loop moves from one machine to a cluster by changing one import. Each worker is a Ray
-actor that owns ``n_per_actor`` envs (or the one VectorEnv its factory returns), a CPU copy of the
-actor and a running :class:`rollout.core.Context`, and runs the same kernel as every collector:
+actor wrapping the :class:`rollout.worker.Worker` that ``multi``'s worker processes run (its
+envs, a copy of the actor on ``worker_device``, the CPU by default, and a running
+:class:`rollout.core.Context`), kept by the same :class:`rollout.ledger.Ledger`:
 with the same ``seed``, worker ``i``'s fragments equal those of ``multi``'s worker ``i`` while
 the weights do not change. The batch layout, the fragment fields (``version``, ``worker``,
 ``sequence`` per column), the dtypes and the episode semantics are ``multi``'s.
@@ -10,8 +11,8 @@ the weights do not change. The batch layout, the fragment fields (``version``, `
 Requests and weights. The learner keeps up to ``n_buffers`` collect requests in flight, each to
 the worker with the fewest, so that workers do not wait for it; a batch is made of the first
 ``n_per_batch`` fragments to come back (numpy arrays read out of Ray's object store without a
-copy, then written into a preallocated batch buffer, pinned and moved to ``device`` like
-``multi``'s). Every ``next()`` publishes the weights once (one ``ray.put``: the ``k``-th ``next()``,
+copy, then written into one of two preallocated batch buffers, pinned where the batches go to a
+CUDA ``device``, and delivered by :class:`rollout.delivery.Route` like every collector's). Every ``next()`` publishes the weights once (one ``ray.put``: the ``k``-th ``next()``,
 from 0, publishes version ``k``); the reference travels with the collect requests issued after it,
 and a worker loads it only when it is newer than what it holds. ``Fragment.version`` records the
 version each column was collected with.
@@ -44,6 +45,9 @@ worker that holds requests and makes no progress (no env step) for ``stall_timeo
 one too, even if Ray still thinks it is alive. Nothing is retried. ``close()`` asks each worker to
 close its envs (waiting up to ``timeout`` seconds in total), then kills the workers; it runs at
 interpreter exit before Ray's own shutdown.
+
+Threads: the feed may be iterated from any thread, one at a time, and its first ``next()`` may
+come from a thread that then exits: Ray actors belong to the driver process, not to a thread.
 """
 
 import atexit
@@ -58,13 +62,14 @@ import numpy as np
 import optree
 import torch
 
-from . import buffers, core
+from . import buffers, checks
 from .actor import Actor
-from .envs import seed_sequence
+from .delivery import Route
 from .errors import ConfigurationError, WorkerError
 from .feed import Feed, Source
-from .fragment import Fragment
-from .pool import DEFAULT_STALL_TIMEOUT, check, positive, worker_context
+from .ledger import Ledger
+from .options import DEFAULT_STALL_TIMEOUT, Options
+from .worker import Worker, WorkerSpec
 
 __all__ = ["rollout", "DEFAULT_STALL_TIMEOUT"]
 
@@ -92,9 +97,10 @@ def rollout(
     *,
     n_buffers: Optional[int] = None,
     sticky: bool = False,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     device: Union[None, str, torch.device] = None,
     pinned: bool = False,
+    worker_device: Union[str, torch.device] = "cpu",
     address: Optional[str] = None,
     sync: bool = False,
     worker_options: Optional[Dict[str, Any]] = None,
@@ -122,8 +128,8 @@ def rollout(
     Fragment
         A batch: leaves ``(1+T, n_per_batch * n_per_actor, ...)``, each block of ``n_per_actor``
         columns one worker's fragment (``Fragment.worker``, ``Fragment.sequence`` and
-        ``Fragment.version`` per column). It is the collector's buffer, overwritten by the
-        ``next()`` after the next one: ``clone()`` it to keep it longer.
+        ``Fragment.version`` per column). On the CPU it is one of the collector's two buffers,
+        overwritten by the ``next()`` after the next one: ``clone()`` it to keep it longer.
 
     Raises
     ------
@@ -136,80 +142,33 @@ def rollout(
         From ``next()``: a worker raised (with its traceback), died, or stalled.
     """
     ray = _ray()
-    n_actors = positive("n_actors", n_actors)
+    options = Options.of(locals())
     if worker_options is not None and not isinstance(worker_options, dict):
         raise ConfigurationError(f"worker_options must be a dict of Ray actor options, found {worker_options!r}")
     if address is not None and not isinstance(address, str):
         raise ConfigurationError(f"address must be None or a string such as 'auto', found {address!r}")
-    checked = check(
-        factory,
-        actor,
-        n_steps=n_steps,
-        n_actors=n_actors,
-        n_per_actor=n_per_actor,
-        n_per_batch=n_per_batch,
-        n_buffers=n_buffers,
-        sticky=sticky,
-        device=device,
-        env_info=env_info,
-        n_threads=n_threads,
-        timeout=timeout,
-        stall_timeout=stall_timeout,
-    )
-    seeds = seed_sequence(seed).spawn(n_actors)
-    config = dict(
-        factory=checked.factory,
-        actor=checked.actor,
-        n_steps=n_steps,
-        n_per_actor=checked.n_per_actor,
-        sticky=sticky,
-        env_info=checked.env_info,
-        batched=checked.batched,
-        n_threads=n_threads,
-        nice=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
-    )
-    cluster = _Cluster(ray, address, n_actors, dict(worker_options or {"num_cpus": 1}), timeout, stall_timeout)
-    source = Source(version=lambda: cluster.version, n_workers=n_actors, last_seen=cluster.last_seen)
-    generator = _generate(cluster, actor, seeds, config, checked, n_steps, sync, pinned)
-    return Feed(generator, on_close=cluster.set_close_timeout, source=source)
+    probe = checks.probe(factory, actor, options)
+    nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
+    spec = WorkerSpec.of(options, probe, close=True, nice=nice)
+    cluster = _Cluster(ray, address, options, dict(worker_options or {"num_cpus": 1}))
+    source = Source(version=lambda: cluster.version, n_workers=options.n_actors, last_seen=cluster.ledger.last_seen)
+    route = Route(options.device, options.pinned)
+    generator = _generate(cluster, actor, options, spec, probe.spec, route, sync)
+    return Feed(generator, on_close=cluster.ledger.set_close_timeout, source=source)
 
 
 class _Worker:
-    """The Ray actor: a worker's envs, actor copy and context (runs in a Ray worker process)."""
+    """The Ray actor: a :class:`rollout.worker.Worker` and its own fragment buffer (in a Ray worker process)."""
 
-    def __init__(self, index: int, seed: Any, config: Dict[str, Any]):
+    def __init__(self, spec: WorkerSpec, index: int, seed: Any):
+        self.worker: Optional[Worker] = None
         self.error: Optional[str] = None  # a failed start is reported by the first collect, with its traceback
         try:
-            self._start(index, seed, config)
+            self.worker = Worker(spec, index, seed)
+            self.fragment = self.worker.allocate()
+            self.leaves = [_as_numpy(x) for x in optree.tree_leaves(self.fragment)]
         except Exception:
             self.error = traceback.format_exc()
-
-    def _start(self, index: int, seed: Any, config: Dict[str, Any]) -> None:
-        import cloudpickle
-
-        if config["nice"] is not None:
-            try:  # Ray nices its workers; come back to the learner's priority where allowed
-                os.setpriority(os.PRIO_PROCESS, 0, config["nice"])
-            except OSError:
-                pass
-        torch.set_num_threads(config["n_threads"])
-        self.actor = cloudpickle.loads(config["actor"])
-        factory = cloudpickle.loads(config["factory"])
-        self.context = worker_context(
-            factory,
-            self.actor,
-            seed,
-            index,
-            config["n_per_actor"],
-            config["n_steps"],
-            sticky=config["sticky"],
-            env_info=config["env_info"],
-            batched=config["batched"],
-            close=True,
-        )
-        self.fragment = self.context.allocate()
-        self.leaves = [_as_numpy(x) for x in optree.tree_leaves(self.fragment)]
-        self.have = -1
 
     def collect(self, version: int, weights: List[Any]) -> Union[List[np.ndarray], str]:
         """One fragment with the weights of ``version`` (``weights``: ``[ref]`` of a state dict,
@@ -217,14 +176,17 @@ class _Worker:
         traceback of what failed (as multi's workers report it)."""
         if self.error is not None:
             return self.error
-        try:
-            if version > self.have:
+
+        def pull(actor: torch.nn.Module, have: int) -> int:
+            if version > have:
                 import ray
 
-                self.actor.load_state_dict(ray.get(weights[0]))
-                self.have = version
-            self.context.version = self.have
-            core.collect(self.context, self.fragment)
+                actor.load_state_dict(ray.get(weights[0]))
+                return version
+            return have
+
+        try:
+            self.worker.collect(self.fragment, pull)
         except Exception:
             self.error = traceback.format_exc()
             return self.error
@@ -232,8 +194,7 @@ class _Worker:
 
     def heartbeat(self) -> int:
         """Env steps so far (answered while ``collect`` runs: its own concurrency group)."""
-        context = getattr(self, "context", None)
-        return int(context.progress[0]) if context is not None else -1
+        return int(self.worker.progress[0]) if self.worker is not None else -1
 
     def identity(self) -> Dict[str, Any]:
         """Where this worker runs: ``pid`` and Ray ``node`` id (answered while ``collect`` runs)."""
@@ -242,14 +203,14 @@ class _Worker:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def close(self) -> None:
-        if getattr(self, "context", None) is not None:
-            self.context.close()
+        if self.worker is not None:
+            self.worker.close()
 
 
 def _remote_worker(ray):
     """:class:`_Worker` as a Ray actor class whose ``heartbeat`` runs beside ``collect``."""
 
-    class Worker(_Worker):
+    class RolloutWorker(_Worker):
         @ray.method(concurrency_group="health")
         def heartbeat(self) -> int:
             return _Worker.heartbeat(self)
@@ -258,7 +219,7 @@ def _remote_worker(ray):
         def identity(self) -> Dict[str, Any]:
             return _Worker.identity(self)
 
-    return ray.remote(concurrency_groups={"health": 1})(Worker)
+    return ray.remote(concurrency_groups={"health": 1})(RolloutWorker)
 
 
 def _traceback(error: Exception) -> str:
@@ -276,42 +237,35 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
 
 
 class _Cluster:
-    """The learner's side: Ray itself, the worker actors, requests in flight and their health."""
+    """The learner's side: Ray itself, the worker actors, the requests they hold (a :class:`Ledger`)."""
 
-    def __init__(self, ray, address, n_actors, options, timeout, stall_timeout):
-        self.ray, self.address, self.n_actors, self.options = ray, address, n_actors, options
-        self.timeout, self.stall_timeout = timeout, stall_timeout
+    def __init__(self, ray, address: Optional[str], options: Options, actor_options: Dict[str, Any]):
+        self.ray, self.address, self.n_actors = ray, address, options.n_actors
+        self.actor_options = actor_options
+        self.ledger = Ledger(options.n_actors, None, options.stall_timeout, options.timeout)
         self.started = False  # this collector called ray.init (and shuts down or disconnects)
         self.workers: List[Any] = []
         self.inflight: Dict[Any, int] = {}  # collect ref -> worker index
-        self.load = [0] * n_actors  # requests in flight per worker
-        self.next_worker = 0
         self.version = -1
         self.weights: Optional[List[Any]] = None  # [ref] of the latest published state dict
-        self.beats = [(-1, 0.0)] * n_actors  # (heartbeat, when it last moved)
         self.asked: Dict[int, Any] = {}  # worker index -> heartbeat ref not yet answered
         self.last_ask = 0.0
 
-    def set_close_timeout(self, timeout: Optional[float]) -> None:
-        if timeout is not None:
-            self.timeout = timeout
-
-    def start(self, seeds: Sequence[Any], config: Dict[str, Any]) -> None:
+    def start(self, seeds: Sequence[Any], spec: WorkerSpec) -> None:
         ray = self.ray
         if not ray.is_initialized():
             if self.address is None:  # room for every worker, as multi starts every process
-                wanted = self.n_actors * self.options.get("num_cpus", 1)
+                wanted = self.n_actors * self.actor_options.get("num_cpus", 1)
                 ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(wanted))), include_dashboard=False)
             else:
                 ray.init(address=self.address)
             self.started = True
         _register_exit_hook()  # after ray.init: atexit runs it before Ray's own shutdown
         remote = _remote_worker(ray)
-        options = {"max_restarts": 0, "max_task_retries": 0, **self.options}
-        now = time.monotonic()
+        options = {"max_restarts": 0, "max_task_retries": 0, **self.actor_options}
         for index, seed in enumerate(seeds):
-            self.workers.append(remote.options(**options).remote(index, seed, config))
-            self.beats[index] = (-1, now)
+            self.workers.append(remote.options(**options).remote(spec, index, seed))
+            self.ledger.moved(index, None, force=True)
 
     def publish(self, actor: Actor) -> None:
         """Put the learner's weights in the object store as the next version."""
@@ -321,14 +275,10 @@ class _Cluster:
 
     def request(self) -> None:
         """One collect request, to the worker with the fewest in flight."""
-        order = [(self.next_worker + k) % self.n_actors for k in range(self.n_actors)]
-        index = min(order, key=lambda i: self.load[i])
-        self.next_worker = (index + 1) % self.n_actors
-        if self.load[index] == 0:
-            self.beats[index] = (self.beats[index][0], time.monotonic())  # its clock starts now
+        index = self.ledger.pick()
         ref = self.workers[index].collect.remote(self.version, self.weights)
+        self.ledger.give(index, ref)
         self.inflight[ref] = index
-        self.load[index] += 1
 
     def receive(self) -> tuple:
         """The next fragment a worker finished: ``(worker index, numpy leaves)``; raises WorkerError."""
@@ -338,7 +288,7 @@ class _Cluster:
             if done:
                 ref = done[0]
                 index = self.inflight.pop(ref)
-                self.load[index] -= 1
+                self.ledger.take(index, ref, in_order=False)  # Ray may report a later request first
                 try:
                     leaves = ray.get(ref)
                 except ray.exceptions.RayTaskError as error:
@@ -349,58 +299,48 @@ class _Cluster:
                     ) from None
                 if isinstance(leaves, str):
                     raise WorkerError(f"worker {index} failed:\n{leaves}")
-                self.beats[index] = (self.beats[index][0], time.monotonic())
                 return index, leaves
             self._check_stalls()
 
     def _check_stalls(self) -> None:
         """Ask busy workers for their heartbeat; report one that has not moved for ``stall_timeout``."""
-        ray, now = self.ray, time.monotonic()
+        ray, ledger = self.ray, self.ledger
         for index, ref in list(self.asked.items()):
             ready, _ = ray.wait([ref], timeout=0)
             if ready:
                 del self.asked[index]
                 try:
-                    beat = ray.get(ready[0])
+                    ledger.moved(index, ray.get(ready[0]))
                 except ray.exceptions.RayError:
                     continue  # its collect request reports what happened
-                if beat != self.beats[index][0]:
-                    self.beats[index] = (beat, now)
+        now = time.monotonic()
         if now - self.last_ask >= _BEAT:
             self.last_ask = now
             for index in range(self.n_actors):
-                if self.load[index] and index not in self.asked:
+                if ledger.load(index) and index not in self.asked:
                     self.asked[index] = self.workers[index].heartbeat.remote()
-        if self.stall_timeout is None:
-            return
-        for index in range(self.n_actors):
-            since = now - self.beats[index][1]
-            if self.load[index] and since > self.stall_timeout:
-                raise WorkerError(
-                    f"worker {index} made no progress for {since:.1f} s while holding {self.load[index]} collect "
-                    f"request(s) (stall_timeout={self.stall_timeout} s): an env that hangs in step/reset, a stopped "
-                    f"process, or an unreachable node. If its envs can legitimately pause for longer, raise "
-                    f"stall_timeout (None disables the check)."
-                )
-
-    def last_seen(self) -> List[Optional[float]]:
-        """Per worker, seconds since its heartbeat last moved (or it was last given work)."""
-        if not self.workers:
-            return [None] * self.n_actors
-        now = time.monotonic()
-        return [now - since for _, since in self.beats]
+        overdue = ledger.overdue()
+        if overdue is not None:
+            index, seconds = overdue
+            raise WorkerError(
+                f"worker {index} made no progress for {seconds:.1f} s while holding {ledger.load(index)} collect "
+                f"request(s) (stall_timeout={ledger.stall_timeout} s): an env that hangs in step/reset, a stopped "
+                f"process, or an unreachable node. If its envs can legitimately pause for longer, raise "
+                f"stall_timeout (None disables the check)."
+            )
 
     def shutdown(self) -> None:
-        """Ask the workers to close their envs (``timeout`` s in total), kill them, and stop or
+        """Ask the workers to close their envs (the close timeout in total), kill them, and stop or
         disconnect from Ray if this collector started it. Safe at interpreter exit."""
         ray, workers = self.ray, self.workers
         self.workers, self.inflight, self.asked = [], {}, {}
+        self.ledger.closed = True
         if not ray.is_initialized():
             return
         try:
             if workers:
                 closing = [w.close.remote() for w in workers]
-                ray.wait(closing, num_returns=len(closing), timeout=self.timeout)
+                ray.wait(closing, num_returns=len(closing), timeout=self.ledger.timeout)
                 for worker in workers:
                     ray.kill(worker, no_restart=True)
         finally:
@@ -428,24 +368,13 @@ def _shutdown_all() -> None:
             pass
 
 
-def _generate(
-    cluster: _Cluster,
-    actor: Actor,
-    seeds: Sequence[Any],
-    config: Dict[str, Any],
-    checked: Any,
-    n_steps: int,
-    sync: bool,
-    pinned: bool,
-):
-    device, n_per_batch, n_per_actor = checked.device, checked.n_per_batch, checked.n_per_actor
-    to_device = device is not None and device.type != "cpu"
-    pin = (pinned or to_device) and torch.cuda.is_available()
+def _generate(cluster: _Cluster, actor: Actor, options: Options, spec: WorkerSpec, layout, route: Route, sync: bool):
+    n_per_batch, n_per_actor = options.n_per_batch, options.n_per_actor
     try:
         _LIVE.add(cluster)
-        cluster.start(seeds, config)
+        cluster.start(options.seed.spawn(options.n_actors), spec)
         # Two batch buffers: the one the learner holds, and the one being filled.
-        batches = [buffers.allocate(checked.spec, n_steps, n_per_batch * n_per_actor, pinned=pin) for _ in range(2)]
+        batches = [route.allocate(layout, options.n_steps, n_per_batch * n_per_actor) for _ in range(2)]
         blocks = [
             [
                 [_as_numpy(x) for x in optree.tree_leaves(buffers.narrow(b, k * n_per_actor, n_per_actor))]
@@ -456,16 +385,18 @@ def _generate(
         current = 0
         while True:
             cluster.publish(actor)
-            wanted = n_per_batch if sync else checked.n_buffers
+            wanted = n_per_batch if sync else options.n_buffers
             while len(cluster.inflight) < wanted:
                 cluster.request()
+            route.free(batches[current])  # no copy to the device still reads it
             for block in blocks[current]:
                 _, leaves = cluster.receive()
                 for dst, src in zip(block, leaves):
                     np.copyto(dst, src)
-            batch: Fragment = batches[current]
+            batch = batches[current]
             current = 1 - current
-            yield optree.tree_map(lambda x: x.to(device, non_blocking=True), batch) if to_device else batch
+            yield route.deliver(batch)
     finally:
         _LIVE.discard(cluster)
+        route.close()
         cluster.shutdown()

@@ -31,7 +31,7 @@ __all__ = [
     "BatchedEnv",
     "adapt",
     "make_env",
-    "make_batch",
+    "make_envs",
     "is_factory",
     "is_batched",
     "env_seeds",
@@ -160,9 +160,23 @@ def make_env(factory: Callable, seed: Optional[int]) -> Any:
         ) from None
 
 
-def seed_sequence(seed: Union[None, int, np.random.SeedSequence]) -> np.random.SeedSequence:
-    """``seed`` as a ``SeedSequence`` (``None``: fresh entropy): the one root every seed derives from."""
-    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+def seed_sequence(seed: Union[None, int, Sequence[int], np.random.SeedSequence]) -> np.random.SeedSequence:
+    """A new ``SeedSequence`` for ``seed``: the one root every seed derives from.
+
+    Pure: a ``SeedSequence`` given is never changed (its entropy, spawn key and pool size are
+    copied, not the count of children it has spawned), so ``seed=k`` and ``SeedSequence(k)`` give
+    the same seeds however often either was used. ``None`` draws fresh entropy.
+    """
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key, pool_size=seed.pool_size)
+    if isinstance(seed, (bool, float, str, bytes)):
+        raise ConfigurationError(f"seed must be None, an int, a sequence of ints or a SeedSequence, found {seed!r}")
+    try:
+        return np.random.SeedSequence(seed)
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(
+            f"seed must be None, an int >= 0, a sequence of such ints or a SeedSequence, found {seed!r} ({error})"
+        ) from None
 
 
 def env_seeds(seed: Union[None, int, np.random.SeedSequence], n: int) -> List[int]:
@@ -213,14 +227,22 @@ class Layout:
         self.spec: optree.PyTreeSpec = self.space_spec
         self.is_leaf = self.space_spec.num_leaves == 1 and self.space_spec.num_nodes == 1
 
-    def adopt(self, value: Any, where: str) -> None:
-        """Check ``value`` against the space and adopt its nesting (e.g. namedtuples) as ``spec``."""
+    def flatten(self, value: Any, error: Callable[[List[str]], Exception]) -> Tuple[List[Any], optree.PyTreeSpec]:
+        """``value``'s leaves and structure; ``error(found paths)`` is raised if its leaves are not this layout's."""
         leaves, spec = optree.tree_flatten(value)
         found = paths(spec)
         if found != self.paths:
-            raise EnvError(
+            raise error(found)
+        return leaves, spec
+
+    def adopt(self, value: Any, where: str) -> None:
+        """Check ``value`` against the space and adopt its nesting (e.g. namedtuples) as ``spec``."""
+        leaves, spec = self.flatten(
+            value,
+            lambda found: EnvError(
                 f"{where}: expected the structure of {self.name} {self.space!r} with leaves {self.paths}, found leaves {found}"
-            )
+            ),
+        )
         for path, leaf, shape, dtype in zip(self.paths, leaves, self.shapes, self.dtypes):
             _leaf_array(leaf, shape, dtype, f"{where}{path}")
         self.spec = spec
@@ -414,7 +436,7 @@ class EnvList:
         for j, env in enumerate(self.envs):
             if skip is not None and skip[j]:
                 continue
-            o, r, te, tr, inf = env.step(
+            o, r, te, tr, step_info = env.step(
                 act0[j] if act0 is not None else optree.tree_unflatten(act_spec, [x[j] for x in row.act])
             )
             row.rew[j] = r
@@ -423,7 +445,7 @@ class EnvList:
                 o, _ = env.reset()
             obs_layout.write(row.obs, j, o, "observation")
             for key, fill in info_keys:
-                info[key][j] = inf.get(key, fill)
+                info[key][j] = step_info.get(key, fill)
         return ended
 
     def _ended(self, row: Row, j: int, o: Any, te: Any, tr: Any) -> int:
@@ -512,7 +534,7 @@ class BatchedEnv:
     def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
         """Step all B envs with one call; as :meth:`EnvList.step` (``skip`` must be None), but
         ``term`` and ``trunc`` are written for every env."""
-        o, r, te, tr, inf = self.env.step(optree.tree_unflatten(self.act_layout.spec, row.act))
+        o, r, te, tr, step_info = self.env.step(optree.tree_unflatten(self.act_layout.spec, row.act))
         layout, obs, final = self.obs_layout, row.obs, row.final
         leaves = layout.leaves(o, "VectorEnv.step observation")
         for path, dst, src, shape in zip(layout.paths, obs, leaves, self._shapes):
@@ -526,7 +548,7 @@ class BatchedEnv:
         ends = np.flatnonzero(ended).tolist()
         if ends:
             if self.same_step:
-                final_obs = inf["final_obs"]
+                final_obs = step_info["final_obs"]
                 for j in ends:
                     layout.write(final, j, final_obs[j], "final observation", who="VectorEnv env")
             else:
@@ -537,11 +559,11 @@ class BatchedEnv:
                     dst[ended] = src[ended]
         for key, fill in self.info_keys:
             dst = row.info[key]
-            value = inf.get(key)
+            value = step_info.get(key)
             if value is None:
                 dst[...] = fill
                 continue
-            mask = inf.get("_" + key)
+            mask = step_info.get("_" + key)
             if mask is None:
                 dst[...] = value
             else:
@@ -566,7 +588,7 @@ def warn_no_probe() -> None:
     )
 
 
-def make_batch(
+def make_envs(
     envs: Union[Callable, Sequence[Any], Any],
     n_envs: Optional[int],
     seed: Union[None, int, np.random.SeedSequence],

@@ -9,7 +9,7 @@ import torch
 from . import core
 from .actor import Actor
 from .errors import ConfigurationError
-from .envs import make_batch
+from .envs import make_envs
 
 __all__ = ["evaluate", "Evaluation"]
 
@@ -40,7 +40,7 @@ def evaluate(
     *,
     n_envs: Optional[int] = None,
     deterministic: bool = True,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     n_steps: int = 64,
     max_steps: int = 1_000_000,
 ) -> Evaluation:
@@ -76,10 +76,10 @@ def evaluate(
     """
     if not isinstance(n_episodes, int) or n_episodes < 1:
         raise ConfigurationError(f"n_episodes must be a positive int, found {n_episodes!r}")
-    batch = make_batch(envs, n_envs, seed)
+    batch_of_envs = make_envs(envs, n_envs, seed)
     try:
         with _mode(actor, deterministic):
-            context = core.startup(batch, actor, n_steps, seed=seed, env_info=())
+            context = core.startup(batch_of_envs, actor, n_steps, seed=seed, env_info=())
             B = context.n_envs
             quota = np.full(B, n_episodes // B) + (np.arange(B) < n_episodes % B)
             done = [[] for _ in range(B)]
@@ -96,7 +96,7 @@ def evaluate(
             else:
                 raise RuntimeError(f"evaluate: {n_episodes} episodes did not end within {max_steps} steps per env")
     finally:
-        batch.close()
+        batch_of_envs.close()
     order = [done[j][k] for k in range(max(quota)) for j in range(B) if k < len(done[j])]
     return Evaluation(
         torch.tensor([r for r, _ in order], dtype=torch.float64), torch.tensor([n for _, n in order], dtype=torch.int64)

@@ -24,19 +24,19 @@ columns and which of its fragments it is. A worker's fragments reach the learner
 order within one batch buffer, but not necessarily across buffers: a batch is yielded when its
 last slot is filled, so a later batch can complete first. ``(worker, sequence)`` stitches them.
 
-Failures (a clear error in bounded time, never a hang, never an orphan) and how the workers are
-run: see :mod:`rollout.pool`.
+Failures (a clear error in bounded time, never a hang, never an orphan), threads and how the
+workers are run: see :mod:`rollout.pool` and :mod:`rollout.worker`.
 """
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .actor import Actor
-from .envs import seed_sequence
 from .feed import Feed
-from .pool import DEFAULT_START_METHOD, DEFAULT_STALL_TIMEOUT, collector, positive
+from .options import DEFAULT_START_METHOD, DEFAULT_STALL_TIMEOUT, Options
+from .pool import collector
 
 __all__ = ["rollout", "DEFAULT_START_METHOD", "DEFAULT_STALL_TIMEOUT"]
 
@@ -51,9 +51,10 @@ def rollout(
     *,
     n_buffers: Optional[int] = None,
     sticky: bool = False,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     device: Union[None, str, torch.device] = None,
     pinned: bool = False,
+    worker_device: Union[str, torch.device] = "cpu",
     start_method: Optional[str] = None,
     env_info: Any = None,
     n_threads: int = 1,
@@ -88,14 +89,23 @@ def rollout(
         holds a batch.
     sticky : bool
         See :mod:`rollout.core`.
-    seed : int or SeedSequence, optional
-        Worker ``i`` seeds its envs (and torch) from child ``i`` of ``SeedSequence(seed)``, so
-        each worker's stream is reproducible; the interleaving of workers is not.
+    seed : int, sequence of ints or SeedSequence, optional
+        Worker ``i`` seeds its envs (and torch) from child ``i`` of ``SeedSequence(seed)``, as
+        :func:`rollout.same.rollout` with that child as its seed would, so each worker's stream
+        is reproducible; the interleaving of workers is not. Pure: a ``SeedSequence`` given is
+        never changed, and ``seed=k`` and ``SeedSequence(k)`` agree however often either is used.
+        None: fresh entropy.
     device : str or torch.device, optional
-        Deliver batches on this device (through a pinned staging buffer and a non-blocking copy
-        for CUDA, synchronised before the staging buffer is reused). Checked to exist.
+        Where batches are delivered (the learner's device; None: the CPU buffers themselves).
+        For CUDA, through a pinned staging buffer allocated once and a non-blocking copy whose
+        event is waited for before the staging buffer is written again (:mod:`rollout.delivery`);
+        each batch is then a fresh set of device tensors. Checked to exist.
     pinned : bool
         Stage batches in pinned memory even without a CUDA ``device``.
+    worker_device : str or torch.device
+        Where workers run their copies of the actor (default the CPU, whatever device the
+        learner's actor is on: a CUDA actor is copied to the CPU before it is sent; the weights
+        published from it reach the workers through the CPU weight store).
     start_method : str, optional
         ``'spawn'`` (default, see ``DEFAULT_START_METHOD``), ``'fork'`` or ``'forkserver'``.
     env_info : None, sequence of str or mapping
@@ -134,24 +144,5 @@ def rollout(
     ...     for batch in itertools.islice(feed, 1000):   # B = 16 columns
     ...         loss, info = ppo.loss(batch, actor, ...)
     """
-    n_actors = positive("n_actors", n_actors)
-    seeds = seed_sequence(seed).spawn(n_actors)
-    return collector(
-        factory,
-        actor,
-        n_steps=n_steps,
-        n_actors=n_actors,
-        n_per_actor=n_per_actor,
-        n_per_batch=n_per_batch,
-        n_buffers=n_buffers,
-        seeds=seeds,
-        sticky=sticky,
-        device=device,
-        pinned=pinned,
-        start_method=start_method,
-        env_info=env_info,
-        n_threads=n_threads,
-        close=close,
-        timeout=timeout,
-        stall_timeout=stall_timeout,
-    )
+    options = Options.of(locals())
+    return collector(factory, actor, options, options.seed.spawn(options.n_actors))

@@ -1,11 +1,13 @@
-"""The worker pool behind :mod:`rollout.single` and :mod:`rollout.multi`: processes, slots, failures.
+"""The learner's side of the worker processes behind :mod:`rollout.single` and :mod:`rollout.multi`.
 
-:func:`collector` validates everything in the calling process, allocates the shared batch buffers
-and returns the feed; the workers start at its first ``next()``. The parent owns the free fragment
-slots and hands them out over each worker's own pipe, to the workers holding the fewest (at most
-two each: the one being filled and the next), so no lock is shared between processes and a slow
-worker stalls nobody. Weights go through :class:`rollout.sync.WeightStore`, a sequence lock. Each
-worker keeps a ``(heartbeat, state)`` record in shared memory that the parent watches.
+:func:`collector` checks everything in the calling process (:mod:`rollout.checks`), allocates the
+shared batch buffers and returns the feed; the workers (:func:`rollout.worker.main`) start at its
+first ``next()``. The learner owns the free fragment slots and hands them out over each worker's
+own pipe, to the workers holding the fewest (at most two each: the one being filled and the
+next; :class:`rollout.ledger.Ledger`), so no lock is shared between processes and a slow worker
+stalls nobody. Weights go through :class:`rollout.sync.WeightStore`, a sequence lock. Each worker
+keeps a ``(heartbeat, state)`` record in shared memory that the learner watches. Batches reach the
+learner's ``device`` through :class:`rollout.delivery.Route`.
 
 Failures, each reported by ``next()`` as :class:`~rollout.errors.WorkerError`, never a hang:
 
@@ -22,18 +24,18 @@ Failures, each reported by ``next()`` as :class:`~rollout.errors.WorkerError`, n
   started its code within ``max(stall_timeout, 60)`` s of its launch is reported the same way (a
   new interpreter imports torch first); a forked one within ``stall_timeout``.
 
-No orphans: on Linux each worker asks the kernel for SIGKILL when the process that started it
-dies (``PR_SET_PDEATHSIG``; strictly, when the *thread* that started the workers, the one that
-first called ``next()``, exits), and every wait in a worker also checks its parent, so workers
-exit within about a second when the learner dies, whatever they are doing. Closing
-(``close(timeout=t)``, ``with``, garbage collection, interpreter exit) lets workers finish their
-fragment, then terminates those still running when ``t`` (default: the collector's ``timeout``)
-has passed, ``t`` in total however many are stuck, and frees every shared-memory buffer.
+Threads and lifetime: the feed may be iterated from any thread, one at a time, and its first
+``next()`` (which starts the workers) may come from a thread that then exits. Workers are started
+by :mod:`rollout.launch`'s launcher thread, which lives as long as the learner process, and on
+Linux each asks the kernel for SIGKILL when that thread ends (``PR_SET_PDEATHSIG``): workers die
+within milliseconds when the learner process dies (``kill -9`` included), even in a C call that
+holds the GIL, and every wait in a worker also checks the learner. Closing (``close(timeout=t)``,
+``with``, garbage collection, interpreter exit) lets workers finish their fragment, then
+terminates those still running when ``t`` (default: the collector's ``timeout``) has passed, ``t``
+in total however many are stuck, and frees every shared-memory buffer.
 """
 
 import atexit
-import ctypes
-import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -42,51 +44,27 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 from collections import deque
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cloudpickle
-import numpy as np
 import optree
 import torch
 
-from . import buffers, checks, core
+from . import buffers, checks, launch, worker
 from .actor import Actor
-from .envs import is_factory, make_batch, seed_sequence
-from .errors import ActorContractError, ConfigurationError, WorkerError
+from .delivery import Route
+from .errors import WorkerError
 from .feed import Feed, Source, close_all
-from .fragment import Fragment
-from .sync import WeightStore, WriterGone
+from .ledger import Ledger
+from .options import Options
+from .sync import WeightStore
+from .worker import LAUNCHED, DOING, Shared, WorkerSpec
 
-__all__ = [
-    "collector",
-    "check",
-    "Checked",
-    "worker_context",
-    "WorkerConfig",
-    "positive",
-    "DEFAULT_START_METHOD",
-    "DEFAULT_STALL_TIMEOUT",
-]
+__all__ = ["collector"]
 
-# spawn: a fresh interpreter per worker, safe whatever threads torch (OpenMP) or the user started
-# in the parent; fork copies such threads' locks in whatever state they were. forkserver is also
-# safe but leaves a server process behind, and workers must be the collector's only children.
-DEFAULT_START_METHOD = "spawn"
-DEFAULT_STALL_TIMEOUT = 60.0  # seconds without progress before a worker holding a slot is reported
-_POLL = 0.2  # seconds between liveness checks in every wait
+_POLL = 0.2  # seconds between liveness checks in the learner's waits
 _DEPTH = 2  # slots a worker may hold: the one it fills and the next
 _BOOT = 60.0  # seconds a spawned worker may take to start running our code (interpreter, imports)
-# What a worker is doing, in its progress record: (heartbeat, state).
-_LAUNCHED, _STARTING, _IDLE, _PULLING, _STEPPING = 0, 1, 2, 3, 4
-_DOING = {
-    _LAUNCHED: "launched, not yet running its code",
-    _STARTING: "starting (building and resetting its envs)",
-    _IDLE: "idle",
-    _PULLING: "pulling weights",
-    _STEPPING: "stepping envs",
-}
 _GUARD = (
     'the main module starts the collector without an `if __name__ == "__main__":` guard; under the spawn start '
     "method each worker imports the main module again and must not start collectors itself. Put the code that "
@@ -95,280 +73,72 @@ _GUARD = (
 atexit.register(close_all)
 
 
-def positive(name: str, value: Any) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, found {value!r}")
-    return int(value)
-
-
-def _torch_seed(seed: Union[None, int, np.random.SeedSequence]) -> int:
-    return int(seed_sequence(seed).generate_state(2, np.uint32)[1])
-
-
-@dataclasses.dataclass
-class WorkerConfig:
-    """What every worker receives at its start (pickled once per worker)."""
-
-    factory: bytes  # the env factory, cloudpickled
-    actor: bytes  # the actor, cloudpickled
-    store: Optional[WeightStore]  # the weights, shared
-    batches: List[Fragment]  # the shared batch buffers; slot k of batch b is columns k*n_per_actor...
-    progress: Optional[torch.Tensor]  # (n_actors, 2) int64 shared: heartbeat and state per worker
-    stop: Optional[torch.Tensor]  # (1,) int64 shared: 1 = stop after the current fragment (no semaphore to leak)
-    parent: int  # the learner's pid
-    n_steps: int  # T
-    n_per_actor: int  # envs per worker
-    n_per_batch: int  # slots per batch buffer
-    sticky: bool
-    env_info: Dict[str, np.ndarray]  # env-info keys and examples, as the probe found them
-    n_threads: int  # torch threads per worker
-    close: bool  # close the envs when the worker stops
-    batched: bool  # the factory returns a VectorEnv (the worker's whole batch)
-
-    def release(self) -> None:
-        """Drop the shared objects (freed when collected), even if a traceback keeps this record alive."""
-        self.store = self.progress = self.stop = None
-        self.batches = []
-
-
-@dataclasses.dataclass
-class Checked:
-    """What :func:`check` found: the arguments normalised, and the layout the probe env gave."""
-
-    n_per_actor: int
-    n_per_batch: int
-    n_buffers: int
-    device: Optional[torch.device]
-    spec: Fragment  # example leaves of one row and column (see rollout.core.Context.spec)
-    env_info: Dict[str, np.ndarray]  # env-info keys and examples, as the probe found them
-    batched: bool  # the factory returns a VectorEnv (a worker's whole batch)
-    factory: bytes  # cloudpickled
-    actor: bytes  # cloudpickled
-
-
-def check(
-    factory: Any,
-    actor: Actor,
-    *,
-    n_steps: int,
-    n_actors: int,
-    n_per_actor: int,
-    n_per_batch: int,
-    n_buffers: Optional[int],
-    sticky: bool,
-    device: Any,
-    env_info: Any,
-    n_threads: int,
-    timeout: float,
-    stall_timeout: Optional[float],
-) -> Checked:
-    """Validate a worker collector's arguments, env and actor in this process, before any worker
-    starts (the env and the actor on a probe env built here and stepped in place).
-
-    Shared by the process pool (:func:`collector`) and the Ray collector (:mod:`rollout.distributed`).
-    ``n_buffers=None`` is enough for every worker to have one slot while the learner holds a batch.
-    """
-    n_actors = positive("n_actors", n_actors)
-    n_per_actor = positive("n_per_actor", n_per_actor)
-    n_per_batch = positive("n_per_batch", n_per_batch)
-    positive("n_steps", n_steps)
-    positive("n_threads", n_threads)
-    if n_buffers is None:
-        n_buffers = n_per_batch * max(2, -(-(n_actors + n_per_batch) // n_per_batch))
-    n_buffers = positive("n_buffers", n_buffers)
-    if n_buffers % n_per_batch or n_buffers < 2 * n_per_batch:
-        raise ConfigurationError(
-            f"n_buffers must be a multiple of n_per_batch={n_per_batch} and at least 2 * n_per_batch = "
-            f"{2 * n_per_batch} (one batch for the learner, one being filled); found n_buffers={n_buffers}"
-        )
-    if stall_timeout is not None and (
-        isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0
-    ):
-        raise ConfigurationError(f"stall_timeout must be a positive number of seconds or None, found {stall_timeout!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ConfigurationError(f"timeout must be a non-negative number of seconds, found {timeout!r}")
-    if not is_factory(factory):
-        raise ConfigurationError(
-            f"worker collectors need an env factory (an env class, or a callable returning an env), found {type(factory).__name__}"
-        )
-    if not isinstance(actor, Actor):
-        raise ActorContractError(f"expected an actor subclassing rollout.Actor, found {type(actor).__name__}")
-    device = checks.device(device)
-    try:
-        payload_factory, payload_actor = cloudpickle.dumps(factory), cloudpickle.dumps(actor)
-    except Exception as error:
-        raise ConfigurationError(f"the factory and the actor must be picklable with cloudpickle: {error}") from error
-
-    probe = make_batch(factory, 1, 0)
-    try:
-        if probe.batched and len(probe) != n_per_actor:
-            raise ConfigurationError(
-                f"the factory returns a VectorEnv of {len(probe)} envs: each worker steps one, so n_per_actor must be "
-                f"{len(probe)}, found n_per_actor={n_per_actor}"
-            )
-        spec = core.startup(probe, actor, n_steps, sticky=sticky, seed=0, env_info=env_info, disposable=True).spec
-    finally:
-        probe.close()
-    return Checked(
-        n_per_actor=n_per_actor,
-        n_per_batch=n_per_batch,
-        n_buffers=n_buffers,
-        device=device,
-        spec=spec,
-        env_info={key: np.zeros(x.shape[2:], dtype=x.numpy().dtype) for key, x in spec.env.items()},
-        batched=probe.batched,
-        factory=payload_factory,
-        actor=payload_actor,
-    )
-
-
-def worker_context(
-    factory: Any, actor: Actor, seed: Any, index: int, n_envs: int, n_steps: int, **options
-) -> core.Context:
-    """A worker's envs and running context: envs from ``factory`` seeded from ``seed`` (``n_envs``
-    of them, or the one VectorEnv it returns), torch seeded from it too, and ``Fragment.worker``
-    set to ``index``. ``options``: ``sticky``, ``env_info`` (the probe's examples), ``batched``,
-    ``close`` (close the envs if the start fails)."""
-    torch.manual_seed(_torch_seed(seed))
-    batch = make_batch(factory, 1 if options["batched"] else n_envs, seed)
-    try:
-        context = core.startup(batch, actor, n_steps, sticky=options["sticky"], seed=seed, env_info=options["env_info"])
-    except BaseException:
-        if options["close"]:
-            batch.close()
-        raise
-    context.worker = index
-    return context
-
-
-def collector(
-    factory: Any,
-    actor: Actor,
-    *,
-    n_steps: int,
-    n_actors: int,
-    n_per_actor: int,
-    n_per_batch: int,
-    n_buffers: Optional[int],
-    seeds: Sequence[Any],
-    sticky: bool,
-    device: Any,
-    pinned: bool,
-    start_method: Optional[str],
-    env_info: Any,
-    n_threads: int,
-    close: bool,
-    timeout: float,
-    stall_timeout: Optional[float],
-) -> Feed:
-    """The feed of a pool of ``n_actors`` workers, one seed each (see :func:`rollout.multi.rollout`).
-
-    Validates everything in this process; the workers start at the first ``next()``.
-    """
-    start_method = start_method or DEFAULT_START_METHOD
-    if start_method not in multiprocessing.get_all_start_methods():
-        raise ConfigurationError(
-            f"start_method must be one of {multiprocessing.get_all_start_methods()}, found {start_method!r}"
-        )
-    checked = check(
-        factory,
-        actor,
-        n_steps=n_steps,
-        n_actors=n_actors,
-        n_per_actor=n_per_actor,
-        n_per_batch=n_per_batch,
-        n_buffers=n_buffers,
-        sticky=sticky,
-        device=device,
-        env_info=env_info,
-        n_threads=n_threads,
-        timeout=timeout,
-        stall_timeout=stall_timeout,
-    )
-    n_per_actor, n_per_batch, n_buffers, device, spec = (
-        checked.n_per_actor,
-        checked.n_per_batch,
-        checked.n_buffers,
-        checked.device,
-        checked.spec,
-    )
-    n_batches = n_buffers // n_per_batch
-    n_weights = len(actor.state_dict())
-    checks.file_descriptors(
-        n_batches * len(optree.tree_leaves(buffers.allocate(spec, 0, 1))) + n_weights + 2, 4 * n_actors + 8, n_buffers
-    )
-
-    context = torch.multiprocessing.get_context(start_method)
-    pool = _Pool(context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout)
+def collector(factory: Any, actor: Actor, options: Options, seeds: Sequence[Any]) -> Feed:
+    """The feed of a pool of ``options.n_actors`` workers, worker ``i`` seeded with ``seeds[i]``
+    (see :func:`rollout.multi.rollout`). Checks everything here; the workers start at the first ``next()``."""
+    probe = checks.probe(factory, actor, options)
+    n_tensors = options.n_batches * len(optree.tree_leaves(buffers.allocate(probe.spec, 0, 1)))
+    checks.file_descriptors(n_tensors + len(actor.state_dict()) + 2, 4 * options.n_actors + 8, options.n_buffers)
+    spec = WorkerSpec.of(options, probe, close=options.close)
+    pool = _Pool(options, probe.spec)
     pool.store = WeightStore(actor)
-    config = WorkerConfig(
-        factory=checked.factory,
-        actor=checked.actor,
-        store=pool.store,
-        batches=pool.batches,
-        progress=pool.progress,
-        stop=pool.stop,
-        parent=os.getpid(),
-        n_steps=n_steps,
-        n_per_actor=n_per_actor,
-        n_per_batch=n_per_batch,
-        sticky=sticky,
-        env_info=checked.env_info,
-        n_threads=n_threads,
-        close=close,
-        batched=checked.batched,
-    )
-    source = Source(
-        version=lambda: pool.store.version if pool.store is not None else -1,
-        n_workers=n_actors,
-        last_seen=pool.last_seen,
-    )
-    return Feed(_generate(pool, actor, seeds, config, device, pinned), on_close=pool.set_close_timeout, source=source)
+    source = Source(version=pool.version, n_workers=options.n_actors, last_seen=pool.last_seen)
+    route = Route(options.device, options.pinned)
+    return Feed(_generate(pool, actor, seeds, spec, route), on_close=pool.ledger.set_close_timeout, source=source)
 
 
 class _Pool:
-    """The processes, pipes and shared buffers of one collector, and the parent's side of the protocol.
+    """The processes, pipes and shared buffers of one collector, and the learner's side of the protocol.
 
-    The parent owns the free slots and hands them out; ``held[i]`` are the slots worker ``i`` was
-    given and has not reported yet, in order. ``progress[i] = (heartbeat, state)`` lives in shared
-    memory: the worker counts env steps and phase changes, the parent watches it for stalls.
+    The learner owns the free slots and hands them out (``ledger.held[i]``: the slots worker ``i``
+    was given and has not reported yet, in order). ``progress[i] = (heartbeat, state)`` lives in
+    shared memory: the worker counts env steps and phase changes, the learner watches it.
     """
 
-    def __init__(self, context, n_actors, n_per_actor, n_per_batch, n_batches, spec, n_steps, timeout, stall_timeout):
-        self.context, self.n_actors, self.n_per_batch = context, n_actors, n_per_batch
-        self.timeout, self.stall_timeout = timeout, stall_timeout
-        self.batches = [
-            buffers.allocate(spec, n_steps, n_per_batch * n_per_actor, shared=True) for _ in range(n_batches)
-        ]
+    def __init__(self, options: Options, spec):
+        n_actors, n_per_batch = options.n_actors, options.n_per_batch
+        self.mp = torch.multiprocessing.get_context(options.start_method)
+        self.n_actors, self.n_per_batch = n_actors, n_per_batch
+        self.ledger = Ledger(n_actors, _DEPTH, options.stall_timeout, options.timeout)
+        B = n_per_batch * options.n_per_actor
+        self.batches = [buffers.allocate(spec, options.n_steps, B, shared=True) for _ in range(options.n_batches)]
         self.progress = torch.zeros((n_actors, 2), dtype=torch.int64).share_memory_()
-        self.watch = self.progress.numpy()  # the parent's cheap view of it
+        self.watch = self.progress.numpy()  # the learner's cheap view of it
         self.stop = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.store: Optional[WeightStore] = None
+        self.shared: Optional[Shared] = None  # what the workers receive besides their pipes
         self.processes: List[Any] = []
         self.pipes: List[Any] = []
         self.stderr: List[Any] = []  # per worker: a file holding what it wrote before running our code
         self.free: deque = deque()
-        self.held: List[deque] = [deque() for _ in range(n_actors)]
-        self.beat = [0] * n_actors  # last heartbeat seen
-        self.since = [0.0] * n_actors  # when it last changed (or the worker was given work)
-        self.next_worker = 0  # round robin among the least loaded
         self.stalled: set = set()  # workers reported as stuck
         # One poll object over every pipe and process sentinel, built once: building a selector at
         # every wait (multiprocessing.connection.wait) was a third of the learner's work per batch.
         self.poller: Optional[select.poll] = None
         self.fds: Dict[int, Tuple[str, int]] = {}  # fd -> ("pipe" or "exit", worker index)
 
-    def set_close_timeout(self, timeout: Optional[float]) -> None:
-        if timeout is not None:
-            self.timeout = timeout
+    def version(self) -> int:
+        return self.store.version if self.store is not None else -1
 
-    def start(self, seeds, config: WorkerConfig) -> None:
-        capture = self.context.get_start_method() == "spawn" and sys.platform != "win32"
+    def start(self, seeds: Sequence[Any], spec: WorkerSpec) -> None:
+        """Start the workers from the launcher thread (see :mod:`rollout.launch`)."""
+        self.shared = Shared(self.store, self.batches, self.n_per_batch, self.progress, self.stop, os.getpid())
+        launch.run(lambda: self._start(seeds, spec))
+        self.poller = select.poll()
+        for index, (pipe, process) in enumerate(zip(self.pipes, self.processes)):
+            for kind, fd in (("pipe", pipe.fileno()), ("exit", process.sentinel)):
+                self.fds[fd] = (kind, index)
+                self.poller.register(fd, select.POLLIN)
+
+    def _start(self, seeds: Sequence[Any], spec: WorkerSpec) -> None:
+        capture = self.mp.get_start_method() == "spawn" and sys.platform != "win32"
+        shared = self.shared
         for index, seed in enumerate(seeds):
-            parent, child = self.context.Pipe(duplex=True)
+            learner_end, worker_end = self.mp.Pipe(duplex=True)
             log, stderr = (tempfile.TemporaryFile(), _stderr_handle()) if capture else (None, None)
-            process = self.context.Process(
-                target=_worker_main,
-                args=(index, seed, child, config, stderr),
+            process = self.mp.Process(
+                target=worker.main,
+                args=(index, seed, worker_end, spec, shared, stderr),
                 daemon=True,
                 name=f"rollout-worker-{index}",
             )
@@ -376,46 +146,32 @@ class _Pool:
                 if log is None:
                     process.start()
                 else:
-                    with _stderr_to(log):  # the child's stderr until it runs _worker_main, which restores ours
+                    with _stderr_to(log):  # the child's stderr until it runs worker.main, which restores ours
                         process.start()
             except BaseException:
-                for end in (parent, log):
+                for end in (learner_end, log):
                     if end is not None:
                         end.close()
                 raise
             finally:
-                child.close()
+                worker_end.close()
                 if stderr is not None:
                     stderr.close()
             self.processes.append(process)
-            self.pipes.append(parent)
+            self.pipes.append(learner_end)
             self.stderr.append(log)
-            self.since[index] = time.monotonic()
-        self.poller = select.poll()
-        for index, (pipe, process) in enumerate(zip(self.pipes, self.processes)):
-            for kind, fd in (("pipe", pipe.fileno()), ("exit", process.sentinel)):
-                self.fds[fd] = (kind, index)
-                self.poller.register(fd, select.POLLIN)
+            self.ledger.moved(index, None, force=True)
 
     # ------------------------------------------------------------------------------- slots
     def release(self, slots) -> None:
         """Make ``slots`` free and hand out what can be handed out."""
         self.free.extend(slots)
-        self.hand_out()
-
-    def hand_out(self) -> None:
-        """Give free slots to the workers holding the fewest, up to ``_DEPTH`` each."""
         while self.free:
-            order = [(self.next_worker + k) % self.n_actors for k in range(self.n_actors)]
-            index = min(order, key=lambda i: len(self.held[i]))
-            if len(self.held[index]) >= _DEPTH:
+            index = self.ledger.pick()
+            if index is None:
                 return
             slot = self.free.popleft()
-            if not self.held[index]:  # its clock starts now: it was idle, which is no stall
-                self.since[index] = time.monotonic()
-                self.beat[index] = int(self.watch[index, 0])
-            self.held[index].append(slot)
-            self.next_worker = (index + 1) % self.n_actors
+            self.ledger.give(index, slot, beat=int(self.watch[index, 0]))
             try:
                 self.pipes[index].send(slot)
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
@@ -438,55 +194,52 @@ class _Pool:
                     try:
                         message = pipe.recv()
                     except (EOFError, OSError):  # it died; under forkserver its exit shows up later
-                        self._raise_for(index, wait=max(self.timeout, 1.0))
+                        self._raise_for(index, wait=max(self.ledger.timeout, 1.0))
                     if message[0] == "error":
                         raise WorkerError(f"worker {index} (pid {self.processes[index].pid}) failed:\n{message[1]}")
                     slot = message[1]
-                    if not self.held[index] or self.held[index][0] != slot:
-                        raise WorkerError(f"worker {index} reported slot {slot}, but holds {list(self.held[index])}")
-                    self.held[index].popleft()
-                    self.since[index] = time.monotonic()
-                    self.beat[index] = int(self.watch[index, 0])
-                    self.hand_out()
+                    try:
+                        self.ledger.take(index, slot, in_order=True)
+                    except LookupError as error:
+                        raise WorkerError(str(error)) from None
+                    self.ledger.moved(index, int(self.watch[index, 0]))
+                    self.release(())
                     return slot
 
-    def _refresh(self, now: float) -> None:
-        """Note the workers whose heartbeat moved since the last look."""
-        for index in range(self.n_actors):
-            beat = int(self.watch[index, 0])
-            if beat != self.beat[index]:
-                self.beat[index], self.since[index] = beat, now
-
-    def last_seen(self) -> List[Optional[float]]:
-        """Per worker, seconds since its heartbeat last moved (None once closed)."""
-        if self.watch is None:
-            return [None] * self.n_actors
-        now = time.monotonic()
-        self._refresh(now)
-        return [now - since for since in self.since]
+    def _limit(self, index: int) -> Optional[float]:
+        """Seconds worker ``index`` may go without progress now (None: not watched)."""
+        state = int(self.watch[index, 1])
+        if not self.ledger.held[index] and state != LAUNCHED:
+            return None  # idle, and nobody waits for it
+        booting = state == LAUNCHED and self.mp.get_start_method() != "fork"  # fork runs our code at once
+        return max(self.ledger.stall_timeout, _BOOT) if booting else self.ledger.stall_timeout
 
     def _check_stalls(self) -> None:
-        if self.stall_timeout is None:
+        if self.ledger.stall_timeout is None:
             return
-        now = time.monotonic()
-        self._refresh(now)
         for index in range(self.n_actors):
-            state = int(self.watch[index, 1])
-            if not self.held[index] and state != _LAUNCHED:
-                continue  # idle, and nobody waits for it
-            booting = state == _LAUNCHED and self.context.get_start_method() != "fork"  # fork runs our code at once
-            limit = max(self.stall_timeout, _BOOT) if booting else self.stall_timeout
-            if now - self.since[index] > limit:
-                process = self.processes[index]
-                if not process.is_alive():
-                    self._raise_for(index)
-                self.stalled.add(index)  # shutdown will not wait for it
-                raise WorkerError(
-                    f"worker {index} (pid {process.pid}) made no progress for {now - self.since[index]:.1f} s while "
-                    f"{_DOING[state]}, holding fragment slot(s) {list(self.held[index])} (stall_timeout={self.stall_timeout} "
-                    f"s). It is alive but stuck or stopped: an env or simulator that hangs in step/reset, a debugger, "
-                    f"SIGSTOP. If its envs can legitimately pause for longer, raise stall_timeout (None disables the check)."
-                )
+            self.ledger.moved(index, int(self.watch[index, 0]))
+        overdue = self.ledger.overdue(self._limit)
+        if overdue is None:
+            return
+        index, seconds = overdue
+        process = self.processes[index]
+        if not process.is_alive():
+            self._raise_for(index)
+        self.stalled.add(index)  # shutdown will not wait for it
+        state = int(self.watch[index, 1])
+        raise WorkerError(
+            f"worker {index} (pid {process.pid}) made no progress for {seconds:.1f} s while {DOING[state]}, holding "
+            f"fragment slot(s) {list(self.ledger.held[index])} (stall_timeout={self.ledger.stall_timeout} s). It is "
+            f"alive but stuck or stopped: an env or simulator that hangs in step/reset, a debugger, SIGSTOP. If its "
+            f"envs can legitimately pause for longer, raise stall_timeout (None disables the check)."
+        )
+
+    def last_seen(self) -> List[Optional[float]]:
+        if self.watch is not None:
+            for index in range(self.n_actors):
+                self.ledger.moved(index, int(self.watch[index, 0]))
+        return self.ledger.last_seen()
 
     def _raise_for(self, index: int, wait: float = 1.0) -> None:
         """Raise the error a dead worker reported, or say how it died (waiting up to ``wait`` s)."""
@@ -506,8 +259,8 @@ class _Pool:
             else f"exited with code {code}"
         )
         state = int(self.watch[index, 1])
-        message = f"worker {index} (pid {process.pid}) {how} while {_DOING[state]}, without reporting an error"
-        tail = _tail(self.stderr[index]) if state == _LAUNCHED else ""
+        message = f"worker {index} (pid {process.pid}) {how} while {DOING[state]}, without reporting an error"
+        tail = _tail(self.stderr[index]) if state == LAUNCHED else ""
         if tail:
             message += f"; the end of its stderr:\n\n{tail}"
             if "bootstrapping phase" in tail:
@@ -516,8 +269,8 @@ class _Pool:
 
     # ------------------------------------------------------------------------------- closing
     def shutdown(self) -> None:
-        """Stop every worker within ``self.timeout`` seconds in total, then free everything."""
-        deadline = time.monotonic() + self.timeout
+        """Stop every worker within the close timeout in total, then free everything."""
+        deadline = self.ledger.deadline()
         self.stop[0] = 1
         for index in self.stalled:
             self.processes[index].kill()  # stuck or stopped: it would not exit by itself
@@ -550,6 +303,9 @@ class _Pool:
         self.processes, self.pipes, self.batches, self.stderr = [], [], [], []
         self.poller, self.fds = None, {}
         self.stop = self.store = self.progress = self.watch = None
+        if self.shared is not None:
+            self.shared.release()
+        self.ledger.closed = True
 
 
 class _stderr_to:
@@ -591,11 +347,10 @@ def _tail(log, size: int = 4000, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _generate(pool: _Pool, actor: Actor, seeds, config: WorkerConfig, device, pinned):
-    staging, event = None, None
+def _generate(pool: _Pool, actor: Actor, seeds: Sequence[Any], spec: WorkerSpec, route: Route):
     try:
         pool.store.publish(actor)  # version 0: the weights as they are at the first next()
-        pool.start(seeds, config)
+        pool.start(seeds, spec)
         n_batches, n_per_batch = len(pool.batches), pool.n_per_batch
         pool.release(range(n_batches * n_per_batch))
         filled = [0] * n_batches
@@ -611,139 +366,7 @@ def _generate(pool: _Pool, actor: Actor, seeds, config: WorkerConfig, device, pi
                 if filled[batch] == n_per_batch:
                     ready.append(batch)
             held = ready.popleft()
-            batch = pool.batches[held]
-            if device is None or (device.type == "cpu" and not pinned):
-                yield batch
-                continue
-            if event is not None:
-                event.synchronize()  # the previous asynchronous copy has left the staging buffer
-            if staging is None:
-                staging = optree.tree_map(
-                    lambda x: torch.empty_like(x).pin_memory() if torch.cuda.is_available() else torch.empty_like(x),
-                    batch,
-                )
-            optree.tree_map(lambda dst, src: dst.copy_(src), staging, batch)
-            if device.type == "cuda":
-                out = optree.tree_map(lambda x: x.to(device, non_blocking=True), staging)
-                event = torch.cuda.Event()
-                event.record()
-                yield out
-            else:
-                yield staging
+            yield route.deliver(pool.batches[held])  # a staged copy is taken before the buffer is released
     finally:
+        route.close()
         pool.shutdown()
-        config.release()
-
-
-# ----------------------------------------------------------------------------------- the worker
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when the learner dies; exit now if it already has.
-
-    Only where the learner is this process's parent (spawn, fork); under forkserver the parent is
-    the server, and the workers' waits check the learner instead.
-    """
-    if os.getppid() != parent or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request was made
-        os._exit(0)
-
-
-def _worker_main(index, seed, pipe, config: WorkerConfig, stderr) -> None:
-    """The worker process: :func:`_work`, then exit without the interpreter's teardown.
-
-    The worker has cleaned up (envs closed, pipe closed) and sends nothing more; skipping the
-    teardown (module and torch finalisers) makes ``close()`` under spawn about 0.4 s faster.
-    """
-    try:
-        if stderr is not None:  # our code runs: back to the parent's stderr
-            sys.stderr.flush()
-            os.dup2(stderr.fileno(), 2)
-            stderr.close()
-        _work(index, seed, pipe, config)
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(0)
-
-
-def _work(index: int, seed, pipe, config: WorkerConfig) -> None:
-    """A worker's main loop: wait for a slot, pull weights if they changed, collect, report."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    parent = config.parent
-    _die_with_parent(parent)
-    progress = config.progress.numpy()[index]  # (heartbeat, state), shared with the parent
-
-    def mark(state: int) -> None:
-        progress[1] = state
-        progress[0] += 1
-
-    learner = multiprocessing.parent_process()  # its sentinel closes when the learner dies
-
-    def alive() -> bool:
-        return learner is None or learner.is_alive()
-
-    mark(_STARTING)
-    torch.set_num_threads(config.n_threads)
-    batch = None
-    try:
-        factory = cloudpickle.loads(config.factory)
-        actor = cloudpickle.loads(config.actor)
-        n_per_actor, n_per_batch = config.n_per_actor, config.n_per_batch
-        slots = [buffers.narrow(b, k * n_per_actor, n_per_actor) for b in config.batches for k in range(n_per_batch)]
-        mark(_STARTING)
-        context = worker_context(
-            factory,
-            actor,
-            seed,
-            index,
-            n_per_actor,
-            config.n_steps,
-            sticky=config.sticky,
-            env_info=config.env_info,
-            batched=config.batched,
-            close=config.close,
-        )
-        batch = context.envs
-        context.progress = progress[0:1]
-        store, stop = config.store, config.stop.numpy()
-        have = -1
-        while True:
-            mark(_IDLE)
-            if not pipe.poll(_POLL):
-                if stop[0] or not alive():
-                    break
-                continue
-            try:
-                slot = pipe.recv()
-            except EOFError:  # the parent closed its end
-                break
-            if slot is None or stop[0]:
-                break
-            mark(_PULLING)
-            have = store.pull(actor, have, alive)
-            mark(_STEPPING)
-            context.version = have
-            core.collect(context, slots[slot])
-            pipe.send(("done", slot))
-    except WriterGone:
-        pass  # the learner died while publishing: nobody to report to
-    except BaseException:
-        try:
-            pipe.send(("error", traceback.format_exc()))
-        except Exception:
-            pass
-    finally:
-        if batch is not None and config.close:
-            try:
-                batch.close()
-            except Exception:
-                pass
-        pipe.close()

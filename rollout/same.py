@@ -3,14 +3,15 @@
 from typing import Any, Callable, Generator, Optional, Sequence, Union
 
 import numpy as np
-import optree
 import torch
 
-from . import checks, core
+from . import core
 from .actor import Actor
-from .envs import make_batch
+from .delivery import Route
+from .envs import make_envs
 from .feed import Feed, Source
 from .fragment import Fragment
+from .options import Options
 
 __all__ = ["rollout"]
 
@@ -22,7 +23,7 @@ def rollout(
     *,
     n_envs: Optional[int] = None,
     sticky: bool = False,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     device: Union[None, str, torch.device] = None,
     pinned: bool = False,
     env_info: Any = None,
@@ -36,18 +37,22 @@ def rollout(
         legacy gym envs, or one ``VectorEnv`` (see :class:`rollout.envs.BatchedEnv`) stepped
         with one call per step.
     actor : Actor
-        Called with ``n_seq = 1`` inputs ``(1, B, ...)`` under ``torch.no_grad()``.
+        Called with ``n_seq = 1`` inputs ``(1, B, ...)`` under ``torch.no_grad()``, where its
+        parameters are: for a CUDA actor the observations go up and the actions come down once
+        per step, for the whole batch.
     n_steps : int
         ``T``: each fragment has ``1+T`` rows (row 0 repeats the previous fragment's row T).
     n_envs : int, optional
         ``B`` when ``envs`` is a factory.
     sticky : bool
         Freeze an env from its episode end until the fragment ends (see :mod:`rollout.core`).
-    seed : int or SeedSequence, optional
+    seed : int, sequence of ints or SeedSequence, optional
         Derives every env's seed: the same seed gives bit-identical fragments for a
-        deterministic env and actor.
+        deterministic env and actor. Pure: a ``SeedSequence`` given is never changed.
     device : str or torch.device, optional
-        Deliver each fragment on this device (a copy from pinned staging buffers when CUDA).
+        Where fragments are delivered. CUDA: the collector collects into pinned memory and
+        yields fresh device tensors copied from it without blocking; it does not write that
+        buffer again before the copy is done (:mod:`rollout.delivery`).
     pinned : bool
         Collect into pinned memory (implied by a CUDA ``device``).
     env_info : None, sequence of str or mapping
@@ -56,9 +61,10 @@ def rollout(
     Yields
     ------
     Fragment
-        Leaves ``(1+T, B, ...)`` (``env``: ``(T, B, ...)``), see :mod:`rollout.fragment`. The
-        fragment is the collector's own buffer: it is overwritten by the next ``next()``; call
-        ``fragment.clone()`` to keep it. ``version[b]`` counts the fragments yielded before it
+        Leaves ``(1+T, B, ...)`` (``env``: ``(T, B, ...)``), see :mod:`rollout.fragment`. On
+        the CPU the fragment is the collector's own buffer: it is overwritten by the next
+        ``next()``; call ``fragment.clone()`` to keep it (device tensors are the learner's to
+        keep). ``version[b]`` counts the fragments yielded before it
         (the actor is the learner's own module, so each fragment uses the current weights).
 
     Examples
@@ -68,29 +74,27 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
-    device = checks.device(device)
-    batch = make_batch(envs, n_envs, seed)
+    options = Options(n_steps=n_steps, sticky=sticky, seed=seed, device=device, pinned=pinned, env_info=env_info)
+    built = make_envs(envs, n_envs, options.seed)
     try:
-        context = core.startup(batch, actor, n_steps, sticky=sticky, seed=seed, env_info=env_info)
+        context = core.startup(built, actor, options.n_steps, sticky=sticky, seed=options.seed, env_info=env_info)
     except BaseException:
-        batch.close()
+        built.close()
         raise
-    to_cuda = device is not None and device.type != "cpu"
     # The actor is the learner's own module: a yielded fragment is never behind (the generator
     # counts the version up before it yields).
     source = Source(version=lambda: context.version - 1)
-    return Feed(_generate(context, device, pinned or to_cuda), source=source)
+    return Feed(_generate(context, Route(options.device, options.pinned)), source=source)
 
 
-def _generate(context: core.Context, device: Optional[torch.device], pinned: bool) -> Generator[Fragment, None, None]:
+def _generate(context: core.Context, route: Route) -> Generator[Fragment, None, None]:
     try:
-        fragment = context.allocate(pinned=pinned and torch.cuda.is_available())
+        fragment = route.allocate(context.spec, context.n_steps, context.n_envs)
         while True:
+            route.free(fragment)  # no copy to the device still reads it
             core.collect(context, fragment)
             context.version += 1
-            if device is None or device.type == "cpu":
-                yield fragment
-            else:
-                yield optree.tree_map(lambda x: x.to(device, non_blocking=True), fragment)
+            yield route.deliver(fragment)
     finally:
+        route.close()
         context.close()

@@ -28,14 +28,15 @@ weights do not change, and a deterministic env, it yields exactly the fragments 
 :func:`rollout.same.rollout`.
 """
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .actor import Actor
 from .feed import Feed
-from .pool import DEFAULT_STALL_TIMEOUT, collector
+from .options import DEFAULT_STALL_TIMEOUT, Options
+from .pool import collector
 
 __all__ = ["rollout"]
 
@@ -47,9 +48,10 @@ def rollout(
     n_envs: int,
     *,
     sticky: bool = False,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     device: Union[None, str, torch.device] = None,
     pinned: bool = False,
+    worker_device: Union[str, torch.device] = "cpu",
     start_method: Optional[str] = None,
     env_info: Any = None,
     n_threads: int = 1,
@@ -69,7 +71,7 @@ def rollout(
         ``T``, steps per fragment.
     n_envs : int
         ``B``, envs stepped by the worker.
-    sticky, seed, device, pinned, start_method, env_info, n_threads, close, timeout, stall_timeout
+    sticky, seed, device, pinned, worker_device, start_method, env_info, n_threads, close, timeout, stall_timeout
         As for :func:`rollout.multi.rollout`; ``seed`` seeds the envs exactly as
         :func:`rollout.same.rollout` does.
 
@@ -84,22 +86,5 @@ def rollout(
     ...     for fragment in itertools.islice(feed, 100):
     ...         loss, info = a2c.loss(fragment, actor, gamma=0.99)
     """
-    return collector(
-        factory,
-        actor,
-        n_steps=n_steps,
-        n_actors=1,
-        n_per_actor=n_envs,
-        n_per_batch=1,
-        n_buffers=2,
-        seeds=[seed],
-        sticky=sticky,
-        device=device,
-        pinned=pinned,
-        start_method=start_method,
-        env_info=env_info,
-        n_threads=n_threads,
-        close=close,
-        timeout=timeout,
-        stall_timeout=stall_timeout,
-    )
+    options = Options.of(locals(), n_per_actor=n_envs, n_buffers=2)
+    return collector(factory, actor, options, [options.seed])

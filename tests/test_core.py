@@ -144,8 +144,8 @@ def test_reproducible_with_the_same_seed():
 
 
 def test_collect_rejects_a_foreign_buffer():
-    context = core.startup(rollout.envs.make_batch([Corridor()], None, 0), Counter(), T)
-    other = core.startup(rollout.envs.make_batch([Corridor(), Corridor()], None, 0), Counter(), T)
+    context = core.startup(rollout.envs.make_envs([Corridor()], None, 0), Counter(), T)
+    other = core.startup(rollout.envs.make_envs([Corridor(), Corridor()], None, 0), Counter(), T)
     with pytest.raises(rollout.errors.ConfigurationError, match="buffer"):
         core.collect(context, other.allocate())
 
@@ -193,7 +193,7 @@ def test_a_dirty_buffer_gets_exactly_what_a_fresh_one_gets(sticky):
     def context():
         # episodes of 2 to 6 steps (a policy that sometimes stays, a time limit) end at moving rows
         envs = [Corridor(length=4, start=0), Corridor(length=6, max_steps=5), Corridor(length=3, start=1)]
-        return core.startup(rollout.envs.make_batch(envs, None, 0), Counter(policy=(0, 1, 0)), 5, sticky=sticky)
+        return core.startup(rollout.envs.make_envs(envs, None, 0), Counter(policy=(0, 1, 0)), 5, sticky=sticky)
 
     clean, dirty = context(), context()
     buffer = dirty.allocate()
