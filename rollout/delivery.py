@@ -32,8 +32,9 @@ from .fragment import Fragment
 __all__ = ["Route"]
 
 
-def _cuda_transfer(source: Fragment, device: torch.device) -> Tuple[Fragment, Any]:
-    """Non-blocking copies of ``source`` (pinned) to ``device``, and an event recorded after them."""
+def _transfer(source: Fragment, device: torch.device) -> Tuple[Fragment, Any]:
+    """Non-blocking copies of ``source`` (pinned) to ``device``, and an event recorded after them on
+    the current stream. (Tests replace it with a stand-in whose copies are late on purpose.)"""
     out = optree.tree_map(lambda x: x.to(device, non_blocking=True), source)
     event = torch.cuda.Event()
     event.record()
@@ -55,7 +56,7 @@ class Route:
         self.device = device
         on_cpu = device is None or device.type == "cpu"
         self.transfer: Optional[Callable[[Fragment, torch.device], Tuple[Fragment, Any]]] = (
-            None if on_cpu else _cuda_transfer
+            None if on_cpu else _transfer
         )
         self.pin = (pinned or not on_cpu) and torch.cuda.is_available()
         self.direct = on_cpu and not pinned  # the buffer itself is delivered

@@ -184,3 +184,13 @@ def test_evaluate_seeds_are_pure():
     assert evaluation(seq) == reference, "seed=7 and a SeedSequence(7) the caller spawned from"
     assert seq.n_children_spawned == 3
     assert evaluation([1, 2]) == evaluation(np.random.SeedSequence([1, 2])), "seed=[1, 2] and SeedSequence([1, 2])"
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", True, [1, -2]], ids=repr)
+def test_a_bad_seed_is_a_configuration_error_before_any_worker_starts(seed, clean):
+    from rollout.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="seed must be"):
+        multi.rollout(cartpole, Lean(), N_STEPS, N_ACTORS, N_PER_ACTOR, 1, seed=seed)
+    with pytest.raises(ConfigurationError, match="seed must be"):
+        same.rollout(cartpole, Lean(), N_STEPS, n_envs=N_ENVS, seed=seed)
