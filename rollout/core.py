@@ -70,7 +70,7 @@ record only ``info``), and the per-env scalars of episode ends are plain Python 
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import optree
@@ -249,9 +249,10 @@ def startup(
     n_steps: int,
     *,
     sticky: bool = False,
-    seed: Union[None, int, np.random.SeedSequence] = None,
+    seed: Union[None, int, Sequence[int], np.random.SeedSequence] = None,
     env_info: Any = None,
     disposable: bool = False,
+    reset_seeds: Optional[Sequence[int]] = None,
 ) -> Context:
     """Reset and validate a batch of envs and the actor; return the running context.
 
@@ -266,8 +267,9 @@ def startup(
         ``T``, steps per fragment.
     sticky : bool
         Freeze an env from its episode end until the fragment ends (see the module docstring).
-    seed : int, SeedSequence or None
-        Every env's seed is derived from it.
+    seed : int, sequence of ints, SeedSequence or None
+        Env ``j`` is reset with child ``1 + j`` of ``seed`` (child 0 derives a factory's seeds,
+        see :func:`rollout.envs.make_envs`); None: fresh entropy.
     env_info : None, sequence of str, or mapping
         Env-info keys to record in ``Fragment.env``: None infers them from one probe step of a
         copy of the first env; names; or name -> example value. Missing keys read 0 (False).
@@ -275,6 +277,9 @@ def startup(
         The envs only serve this validation and are thrown away (a worker collector's probe in
         the parent): the probe step that checks the step observation runs on env 0 itself, so
         envs that cannot be deep-copied are checked too, whatever ``env_info`` is.
+
+    reset_seeds : sequence of B ints, optional
+        The envs' first reset seeds, instead of those derived from ``seed``.
 
     Returns
     -------
@@ -296,7 +301,7 @@ def startup(
     B = len(envs)
     obs_layout = Layout(envs.observation_space, "observation")
     act_layout = Layout(envs.action_space, "action")
-    obs_rows = _reset_all(envs, obs_layout, seed)
+    obs_rows = _reset_all(envs, obs_layout, env_seeds(seed, B, 1) if reset_seeds is None else list(reset_seeds))
     examples = _probe_step(envs, obs_layout, env_info, disposable)
     info_keys = [(key, _fill(example)) for key, example in examples.items()]
     envs.bind(obs_layout, act_layout, info_keys, sticky)
@@ -332,10 +337,10 @@ def startup(
     )
 
 
-def _reset_all(envs: Union[EnvList, BatchedEnv], obs_layout: Layout, seed: Any) -> List[np.ndarray]:
-    """Reset every env (seeded from ``seed``), check the observations; the flat leaves ``(B, ...)``."""
+def _reset_all(envs: Union[EnvList, BatchedEnv], obs_layout: Layout, seeds: List[int]) -> List[np.ndarray]:
+    """Reset every env with its seed, check the observations; the flat leaves ``(B, ...)``."""
     B = len(envs)
-    first = envs.reset(env_seeds(seed, B))
+    first = envs.reset(seeds)
     if envs.batched:
         return _batched_obs(obs_layout, first, B, "VectorEnv.reset")
     obs_layout.adopt(first[0], "env 0: reset() observation")

@@ -179,9 +179,14 @@ def seed_sequence(seed: Union[None, int, Sequence[int], np.random.SeedSequence])
         ) from None
 
 
-def env_seeds(seed: Union[None, int, np.random.SeedSequence], n: int) -> List[int]:
-    """``n`` independent 32-bit seeds derived from one ``seed`` (``None``: fresh entropy)."""
-    return [int(child.generate_state(1, np.uint32)[0]) for child in seed_sequence(seed).spawn(n)]
+def env_seeds(seed: Union[None, int, Sequence[int], np.random.SeedSequence], n: int, start: int = 0) -> List[int]:
+    """``n`` independent 32-bit seeds from children ``start`` to ``start + n - 1`` of ``seed``.
+
+    How a collector's seed is used (``make_envs``, :func:`rollout.core.startup`): child 0 derives
+    the seeds a factory is called with, and env ``j`` is reset with child ``1 + j``.
+    """
+    children = seed_sequence(seed).spawn(start + n)[start:]
+    return [int(child.generate_state(1, np.uint32)[0]) for child in children]
 
 
 def _describe(value: Any) -> str:
@@ -610,10 +615,7 @@ def make_envs(
             raise ConfigurationError("n_envs is required with an env factory")
         if not isinstance(n_envs, int) or n_envs < 1:
             raise ConfigurationError(f"n_envs must be a positive int, found {n_envs!r}")
-        seeds = env_seeds(
-            seed_sequence(seed).spawn(1)[0],
-            n_envs,
-        )
+        seeds = env_seeds(seed_sequence(seed).spawn(1)[0], n_envs)  # child 0 derives the factory's seeds
         built = []
         try:
             for s in seeds:

@@ -9,7 +9,7 @@ import torch
 from . import core
 from .actor import Actor
 from .errors import ConfigurationError
-from .envs import make_envs
+from .envs import env_seeds, make_envs
 
 __all__ = ["evaluate", "Evaluation"]
 
@@ -79,7 +79,10 @@ def evaluate(
     batch_of_envs = make_envs(envs, n_envs, seed)
     try:
         with _mode(actor, deterministic):
-            context = core.startup(batch_of_envs, actor, n_steps, seed=seed, env_info=())
+            # Env j's evaluation episodes start from child j of the seed (child 0 also derives a
+            # factory's seeds): the episodes of every recorded evaluation.
+            seeds = env_seeds(seed, len(batch_of_envs))
+            context = core.startup(batch_of_envs, actor, n_steps, seed=seed, env_info=(), reset_seeds=seeds)
             B = context.n_envs
             quota = np.full(B, n_episodes // B) + (np.arange(B) < n_episodes % B)
             done = [[] for _ in range(B)]

@@ -194,3 +194,20 @@ def test_a_bad_seed_is_a_configuration_error_before_any_worker_starts(seed, clea
         multi.rollout(cartpole, Lean(), N_STEPS, N_ACTORS, N_PER_ACTOR, 1, seed=seed)
     with pytest.raises(ConfigurationError, match="seed must be"):
         same.rollout(cartpole, Lean(), N_STEPS, n_envs=N_ENVS, seed=seed)
+
+
+def test_how_a_seed_reaches_the_envs():
+    """Collectors reset env j with child 1 + j of the seed (child 0 derives the factory's seeds);
+    evaluate resets env j with child j. The zoo's recorded learning results depend on both."""
+    from rollout.envs import env_seeds
+
+    seed = np.random.SeedSequence([4, 1])
+    with same.rollout(cartpole, Lean(), N_STEPS, n_envs=N_ENVS, seed=seed) as feed:
+        first = next(feed).state.obs[0]
+    children = seed.spawn(1 + N_ENVS)  # what the collector must have used, computed independently
+    for j in range(N_ENVS):
+        reset_seed = int(children[1 + j].generate_state(1, np.uint32)[0])
+        assert reset_seed == env_seeds(seed, N_ENVS, 1)[j]
+        obs, _ = cartpole().reset(seed=reset_seed)
+        assert torch.equal(first[j], torch.as_tensor(obs)), f"env {j}"
+    assert env_seeds(7, 3) == [int(c.generate_state(1, np.uint32)[0]) for c in np.random.SeedSequence(7).spawn(3)]
