@@ -241,6 +241,7 @@ def test_workers_started_from_an_ended_thread_die_with_the_learner_process(start
         learner.wait(timeout=10)
         gone = wait_for(lambda: not any(alive(pid) for pid in workers), 5)
         assert gone, f"workers outlived their learner by 5 s: {[pid for pid in workers if alive(pid)]}"
+
         # nothing this test saw appear in /dev/shm is left once the workers are gone
         def leaked():
             return (shm() - before) | (created & shm())
