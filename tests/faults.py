@@ -10,6 +10,7 @@ Markers: a fault that fires writes a file ``{marker_dir}/{kind}-{pid}`` holding
 for it (poll, never sleep) and learn the pid of the faulty worker and when the fault started.
 """
 
+import ctypes
 import os
 import signal
 import threading
@@ -53,12 +54,17 @@ def claim(marker_dir, name):
     return True
 
 
-def hang_forever(ignore_sigterm=False):
-    """Block this thread forever (as an env stuck in C code would); optionally immune to SIGTERM."""
+def hang_forever(ignore_sigterm=False, hold_gil=False):
+    """Block this thread forever (as an env stuck in C code would); optionally immune to SIGTERM, or
+    inside a C call that holds the GIL (libc's sleep called through ``ctypes.PyDLL``), so that no
+    Python code of this process runs again."""
     if ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
-        time.sleep(3600)
+        if hold_gil:
+            ctypes.PyDLL(None).sleep(3600)
+        else:
+            time.sleep(3600)
 
 
 class Hang(Corridor):
@@ -68,16 +74,17 @@ class Hang(Corridor):
     SIGTERM (only SIGKILL ends it).
     """
 
-    def __init__(self, marker_dir, after, ignore_sigterm=False, length=4):
+    def __init__(self, marker_dir, after, ignore_sigterm=False, length=4, hold_gil=False):
         super().__init__(length=length)
         self.marker_dir, self.after, self.ignore_sigterm = str(marker_dir), after, ignore_sigterm
+        self.hold_gil = hold_gil
         self.n = 0
 
     def step(self, action):
         self.n += 1
         if in_worker() and self.n >= self.after:
             write_marker(self.marker_dir, "hang")
-            hang_forever(self.ignore_sigterm)
+            hang_forever(self.ignore_sigterm, self.hold_gil)
         return super().step(action)
 
 

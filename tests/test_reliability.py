@@ -297,20 +297,28 @@ def test_workers_exit_when_the_learner_dies_inside_the_weight_publish(script):
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_stuck_in_env_step_exits_when_the_learner_is_killed(script, tmp_path):
+@pytest.mark.parametrize(
+    "hold_gil", [False, True], ids=["stuck", "stuck-in-C-holding-the-GIL-started-from-an-ended-thread"]
+)
+def test_a_worker_stuck_in_env_step_exits_when_the_learner_is_killed(hold_gil, script, tmp_path):
     marker = tmp_path / "markers"
     marker.mkdir()
     learner = script(
         f"""
-        import multiprocessing
+        import multiprocessing, threading
         from rollout import multi
         from tests import faults
         from tests.toys import Feedforward
 
         if __name__ == "__main__":
-            feed = multi.rollout(lambda: faults.Hang({str(marker)!r}, after=5), Feedforward(), 4, 1, 1,
-                                 stall_timeout=None)
-            next(feed)
+            feed = multi.rollout(lambda: faults.Hang({str(marker)!r}, after=5, hold_gil={hold_gil}), Feedforward(),
+                                 4, 1, 1, stall_timeout=None)
+            if {hold_gil}:  # the workers are started by a thread that then ends
+                starter = threading.Thread(target=next, args=(feed,))
+                starter.start()
+                starter.join()
+            else:
+                next(feed)
             print(*(p.pid for p in multiprocessing.active_children()), flush=True)
             for _ in range(10):
                 next(feed)
