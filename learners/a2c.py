@@ -81,8 +81,16 @@ def loss(
 
     Raises
     ------
+    rollout.errors.ActorContractError
+        A ``TypeError``: the module's ``info`` is not a dict, has no tensor ``info['value']``, or
+        has one whose shape is not ``(1+T, B)``.
     ValueError
-        On an unknown correction, a missing value, a shape mismatch or a bad coefficient.
+        On an unknown ``correction``; a negative ``value_coef`` or ``entropy_coef``, ``rho_bar <= 0``
+        or (with ``"vtrace"``) ``c_bar <= 0``; ``gamma`` or ``lam`` outside [0, 1]; a module with no
+        policy (neither ``distribution(info)`` nor ``info['logits']``) or whose ``log_prob(a)`` is
+        not (T, B); with a correction, a recorded ``batch.actor['logp']`` that is not (1+T, B); a
+        ``batch.final.actor['value']`` that is missing although the batch has truncations, or has
+        the wrong shape.
 
     Examples
     --------

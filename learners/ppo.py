@@ -87,8 +87,14 @@ def prepare(batch: Fragment, module: torch.nn.Module, *, gamma: float = 0.99, la
 
     Raises
     ------
+    rollout.errors.ActorContractError
+        A ``TypeError``: the module's ``info`` is not a dict, has no tensor ``info['value']``, or
+        has one whose shape is not ``(1+T, B)``.
     ValueError
-        On a missing value or policy, or a shape mismatch.
+        On ``gamma`` or ``lam`` outside [0, 1]; a recorded ``batch.actor['logp']`` that is not
+        (1+T, B); without one, a module with no policy (neither ``distribution(info)`` nor
+        ``info['logits']``) or whose ``log_prob(a)`` is not (T, B); a ``batch.final.actor['value']``
+        that is missing although the batch has truncations, or has the wrong shape.
     """
     state = batch.state
     shape = state.rew[1:].shape
@@ -229,8 +235,16 @@ def loss(
 
     Raises
     ------
+    rollout.errors.ActorContractError
+        A ``TypeError``: the module's ``info`` is not a dict, has no tensor ``info['value']``, or
+        has one whose shape is not the minibatch's ``(n_seq, n)`` (with a fragment: as in
+        :func:`prepare`).
     ValueError
-        On a bad coefficient, a missing value or policy, or a shape mismatch.
+        On ``clip``, or a given ``value_clip``, not > 0; a negative ``value_coef`` or
+        ``entropy_coef``; a ``batch`` that is neither :class:`Prepared` nor a fragment; a module
+        with no policy (neither ``distribution(info)`` nor ``info['logits']``) or whose
+        ``log_prob(a)`` does not have the minibatch's shape; with a fragment, any ``ValueError`` of
+        :func:`prepare`.
 
     Examples
     --------

@@ -76,9 +76,14 @@ def loss(
 
     Raises
     ------
+    rollout.errors.ActorContractError
+        A ``TypeError``: the module's ``info`` is not a dict, or, with ``bootstrap`` or
+        ``baseline``, has no tensor ``info['value']`` or one whose shape is not ``(1+T, B)``.
     ValueError
-        When values are needed but the module's info has no ``value``, on a shape mismatch, or on a
-        negative coefficient.
+        On a negative ``value_coef`` or ``entropy_coef``; ``gamma`` outside [0, 1]; a module with no
+        policy (neither ``distribution(info)`` nor ``info['logits']``) or whose ``log_prob(a)`` is
+        not (T, B); with ``bootstrap``, a ``batch.final.actor['value']`` that is missing although the
+        batch has truncations, or has the wrong shape.
 
     Examples
     --------

@@ -143,7 +143,8 @@ class ReplayBuffer:
         Raises
         ------
         ValueError
-            When the structure, a leaf's shape or dtype, or ``N`` differ from what is stored.
+            When the leaves do not share one leading size ``N``, or the structure, a leaf's shape
+            after ``N`` or its dtype differ from what is stored.
         """
         leaves = optree.tree_leaves(batch)
         n = leaves[0].shape[0]

@@ -407,7 +407,8 @@ def next_values(
     Raises
     ------
     ValueError
-        On a shape mismatch, or a truncation without ``truncation_value``.
+        On a shape or dtype mismatch, ``terminated`` without ``fin``, or a truncation without
+        ``truncation_value``.
     """
     _check_shapes("next_values", fin, name="fin", terminated=terminated, truncation_value=truncation_value)
     expected = (fin.shape[0] + 1, *fin.shape[1:])
@@ -480,8 +481,8 @@ def from_fragment(fragment: Fragment, value: Optional[torch.Tensor] = None, *, k
     Raises
     ------
     ValueError
-        When ``value`` has the wrong shape, or there are truncations but ``final.actor`` has no
-        ``key``.
+        When ``value`` or ``final.actor[key]`` has the wrong shape, or there are truncations but
+        ``final.actor`` has no ``key``.
     """
     state = fragment.state
     rew, fin, terminated = state.rew[1:], state.fin[1:], state.terminated[1:]

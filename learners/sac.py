@@ -395,7 +395,8 @@ def alpha_loss(
     Raises
     ------
     ValueError
-        When ``log_alpha`` is not a scalar tensor.
+        When ``log_alpha`` is not a scalar tensor, or ``policy(obs)`` does not return ``mean`` and
+        ``log_std`` of one shape (N, A).
     """
     if not isinstance(log_alpha, torch.Tensor) or log_alpha.numel() != 1:
         raise ValueError(

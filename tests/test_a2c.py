@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from learners import a2c
+from rollout.errors import ActorContractError
 from tests.learners_fixtures import (
     assert_stateless,
     naive_policy_terms,
@@ -153,6 +154,27 @@ def test_argument_errors():
         a2c.loss(fragment, module, correction="is")
     with pytest.raises(ValueError, match="`rho_bar` must be > 0"):
         a2c.loss(fragment, module, correction="vtrace", rho_bar=0.0)
+
+
+class PolicyOnly(MLPActor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        return act, (), {"logits": self.policy(obs)}
+
+
+class ValueOnly(MLPActor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        return act, (), {"value": self.value(obs).squeeze(-1)}
+
+
+@pytest.mark.parametrize("correction", a2c.CORRECTIONS)
+def test_missing_value_is_an_actor_contract_error_and_missing_policy_a_value_error(correction):
+    fragment = collect(MLPActor())
+    # as documented: a TypeError (ActorContractError), which `except ValueError` does not catch
+    assert issubclass(ActorContractError, TypeError) and not issubclass(ActorContractError, ValueError)
+    with pytest.raises(ActorContractError, match=r"a2c.loss needs the module's info\['value'\] \(keys: \['logits'\]\)"):
+        a2c.loss(fragment, PolicyOnly(), correction=correction)
+    with pytest.raises(ValueError, match="has no `distribution\\(info\\)` method and its info has no 'logits'"):
+        a2c.loss(fragment, ValueOnly(), correction=correction)
 
 
 @pytest.mark.parametrize("correction", a2c.CORRECTIONS)

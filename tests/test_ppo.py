@@ -8,6 +8,7 @@ import torch
 from torch.distributions import Categorical
 
 from learners import a2c, ppo
+from rollout.errors import ActorContractError
 from tests.learners_fixtures import (
     assert_stateless,
     GRUActor,
@@ -249,6 +250,32 @@ def test_argument_errors():
         ppo.loss(fragment, module, clip=0)
     with pytest.raises(ValueError, match="must be a Prepared minibatch or a Fragment, got dict"):
         ppo.loss({}, module)
+
+
+class PolicyOnly(MLPActor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        return act, (), {"logits": self.policy(obs)}
+
+
+class ValueOnly(MLPActor):
+    def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
+        return act, (), {"value": self.value(obs).squeeze(-1)}
+
+
+def test_missing_value_is_an_actor_contract_error_and_missing_policy_a_value_error():
+    fragment = collect(MLPActor())
+    # as documented: a TypeError (ActorContractError), which `except ValueError` does not catch
+    assert issubclass(ActorContractError, TypeError) and not issubclass(ActorContractError, ValueError)
+    missing = r"needs the module's info\['value'\] \(keys: \['logits'\]\)"
+    with pytest.raises(ActorContractError, match="ppo.prepare " + missing):
+        ppo.prepare(fragment, PolicyOnly())
+    with pytest.raises(ActorContractError, match="ppo.prepare " + missing):
+        ppo.loss(fragment, PolicyOnly())
+    minibatch = next(ppo.minibatches(ppo.prepare(fragment, MLPActor()), 2))
+    with pytest.raises(ActorContractError, match="ppo.loss " + missing):
+        ppo.loss(minibatch, PolicyOnly())
+    with pytest.raises(ValueError, match="has no `distribution\\(info\\)` method and its info has no 'logits'"):
+        ppo.loss(minibatch, ValueOnly())
 
 
 def test_learns_the_rewarded_action():

@@ -92,6 +92,11 @@ class PolicyOnly(MLPActor):
 def test_needs_values_unless_told_otherwise():
     module = PolicyOnly()
     fragment = collect(MLPActor())
+    # as documented: a TypeError (ActorContractError), which `except ValueError` does not catch
+    assert issubclass(ActorContractError, TypeError) and not issubclass(ActorContractError, ValueError)
+    for bootstrap, baseline in ((True, False), (False, True)):
+        with pytest.raises(ActorContractError, match=r"needs the module's info\['value'\]"):
+            reinforce.loss(fragment, module, bootstrap=bootstrap, baseline=baseline)
     with pytest.raises(ActorContractError, match=r"needs the module's info\['value'\] \(keys: \['logits'\]\)"):
         reinforce.loss(fragment, module)
     loss, info = reinforce.loss(fragment, module, bootstrap=False, baseline=False)
