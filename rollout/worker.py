@@ -58,8 +58,7 @@ class WorkerSpec:
     """What every worker receives at its start, whatever the transport (pickled once per worker)."""
 
     factory: bytes  # the env factory, cloudpickled
-    actor: bytes  # the actor's copy for workers (already on `device`), cloudpickled
-    device: torch.device  # where workers run their actor copies
+    actor: bytes  # the actor's copy for workers, already on the worker device, cloudpickled
     n_steps: int  # T
     n_per_actor: int  # envs per worker
     sticky: bool
@@ -75,7 +74,6 @@ class WorkerSpec:
         return cls(
             factory=probe.factory,
             actor=probe.actor,
-            device=options.worker_device,
             n_steps=options.n_steps,
             n_per_actor=options.n_per_actor,
             sticky=options.sticky,
@@ -88,7 +86,8 @@ class WorkerSpec:
 
 
 def torch_seed(seed: Any) -> int:
-    """The torch seed a worker derives from its ``seed`` (child 1 of its sequence's state)."""
+    """The torch seed a worker derives from its ``seed``: a word of the seed's own state (its envs'
+    seeds come from the seed's children)."""
     return int(seed_sequence(seed).generate_state(2, np.uint32)[1])
 
 
