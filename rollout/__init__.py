@@ -12,7 +12,8 @@
   device and file descriptors, the env and the actor on a probe env);
 - :mod:`rollout.core`: the stepping kernel every collector runs (``startup``, ``collect``);
 - :mod:`rollout.record`: the actor's outputs of a step, checked and copied into their rows;
-- :mod:`rollout.envs`: gymnasium and legacy gym envs, batches of them, seeding, validation;
+- :mod:`rollout.envs`: gymnasium and legacy gym envs, batches of them, validation;
+- :mod:`rollout.seeds`: one seed of any type to every env's and worker's seed, purely;
 - :mod:`rollout.buffers`: preallocated (shared, pinned) fragment buffers;
 - :mod:`rollout.delivery`: the one route from a collector's buffers to the learner's ``device``;
 - :mod:`rollout.worker`: the worker's side of the protocol, shared by worker processes and Ray;

@@ -78,7 +78,8 @@ import torch
 
 from . import buffers
 from .actor import Actor
-from .envs import BatchedEnv, EnvList, Layout, Row, env_seeds, info_examples, warn_no_probe
+from .envs import BatchedEnv, EnvList, Layout, Row, info_examples, warn_no_probe
+from .seeds import env_seeds
 from .errors import ActorContractError, ConfigurationError, EnvError
 from .fragment import Fragment, State
 from .record import check_outputs, copier, recorder

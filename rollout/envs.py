@@ -23,6 +23,7 @@ import numpy as np
 import optree
 
 from .errors import ConfigurationError, EnvError, StructureError
+from .seeds import env_seeds, seed_sequence
 from .nested import leaf_spaces, paths
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "make_envs",
     "is_factory",
     "is_batched",
-    "env_seeds",
-    "seed_sequence",
     "Layout",
     "Row",
 ]
@@ -158,35 +157,6 @@ def make_env(factory: Callable, seed: Optional[int]) -> Any:
         raise EnvError(
             f"the env factory {getattr(factory, '__name__', factory)!r} did not return an env: {error}"
         ) from None
-
-
-def seed_sequence(seed: Union[None, int, Sequence[int], np.random.SeedSequence]) -> np.random.SeedSequence:
-    """A new ``SeedSequence`` for ``seed``: the one root every seed derives from.
-
-    Pure: a ``SeedSequence`` given is never changed (its entropy, spawn key and pool size are
-    copied, not the count of children it has spawned), so ``seed=k`` and ``SeedSequence(k)`` give
-    the same seeds however often either was used. ``None`` draws fresh entropy.
-    """
-    if isinstance(seed, np.random.SeedSequence):
-        return np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key, pool_size=seed.pool_size)
-    if isinstance(seed, (bool, float, str, bytes)):
-        raise ConfigurationError(f"seed must be None, an int, a sequence of ints or a SeedSequence, found {seed!r}")
-    try:
-        return np.random.SeedSequence(seed)
-    except (TypeError, ValueError) as error:
-        raise ConfigurationError(
-            f"seed must be None, an int >= 0, a sequence of such ints or a SeedSequence, found {seed!r} ({error})"
-        ) from None
-
-
-def env_seeds(seed: Union[None, int, Sequence[int], np.random.SeedSequence], n: int, start: int = 0) -> List[int]:
-    """``n`` independent 32-bit seeds from children ``start`` to ``start + n - 1`` of ``seed``.
-
-    How a collector's seed is used (``make_envs``, :func:`rollout.core.startup`): child 0 derives
-    the seeds a factory is called with, and env ``j`` is reset with child ``1 + j``.
-    """
-    children = seed_sequence(seed).spawn(start + n)[start:]
-    return [int(child.generate_state(1, np.uint32)[0]) for child in children]
 
 
 def _describe(value: Any) -> str:

@@ -9,7 +9,8 @@ import torch
 from . import core
 from .actor import Actor
 from .errors import ConfigurationError
-from .envs import env_seeds, make_envs
+from .envs import make_envs
+from .seeds import env_seeds
 
 __all__ = ["evaluate", "Evaluation"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import checks
-from .envs import seed_sequence
+from .seeds import seed_sequence
 from .errors import ConfigurationError
 
 __all__ = ["Options", "DEFAULT_START_METHOD", "DEFAULT_STALL_TIMEOUT"]

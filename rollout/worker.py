@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from . import buffers, core
-from .envs import make_envs, seed_sequence
+from .envs import make_envs
+from .seeds import seed_sequence
 from .fragment import Fragment
 from .sync import WeightStore, WriterGone
 

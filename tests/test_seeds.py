@@ -199,7 +199,7 @@ def test_a_bad_seed_is_a_configuration_error_before_any_worker_starts(seed, clea
 def test_how_a_seed_reaches_the_envs():
     """Collectors reset env j with child 1 + j of the seed (child 0 derives the factory's seeds);
     evaluate resets env j with child j. The zoo's recorded learning results depend on both."""
-    from rollout.envs import env_seeds
+    from rollout.seeds import env_seeds
 
     seed = np.random.SeedSequence([4, 1])
     with same.rollout(cartpole, Lean(), N_STEPS, n_envs=N_ENVS, seed=seed) as feed:
