@@ -19,3 +19,17 @@ def clean():
     assert multiprocessing.active_children() == []
     assert children() - before_children == set()
     assert shm() - before_shm == set()
+
+
+@pytest.fixture
+def ray_instance():
+    """A local Ray instance for the test (CPUs and object store set explicitly), shut down after it;
+    one this process already runs is reused and left running."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, object_store_memory=100 * 1024**2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

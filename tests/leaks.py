@@ -1,6 +1,7 @@
 """What a test may leave behind: live child processes and /dev/shm files (Linux /proc)."""
 
 import os
+import time
 
 
 def cmdline(pid):
@@ -42,3 +43,29 @@ def children():
 
 def shm():
     return set(os.listdir("/dev/shm"))
+
+
+def marked(variable, mark):
+    """Live pids whose environment holds ``variable=mark`` (a script started with it and all its descendants)."""
+    needle = f"{variable}={mark}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as file:
+                if needle in file.read().split(b"\0") and alive(int(name)):
+                    found.append(int(name))
+        except OSError:  # gone, or not ours
+            pass
+    return found
+
+
+def wait_for(condition, timeout, interval=0.02):
+    """Poll ``condition()`` until it is truthy or ``timeout`` s have passed; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)

@@ -135,7 +135,7 @@ def test_cpu_delivery_is_the_buffer_itself_and_pinned_needs_cuda():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray (the 'ray' extra) is not installed")
-def test_distributed_delivers_through_the_same_route(stream, local_ray):
+def test_distributed_delivers_through_the_same_route(stream, ray_instance):
     from rollout import distributed
 
     def run(device):
@@ -153,18 +153,6 @@ def test_distributed_delivers_through_the_same_route(stream, local_ray):
     got = [leaves(f.result()) for f in run("meta")]
     for k, (a, b) in enumerate(zip(expected, got)):
         assert all(torch.equal(x, y) for x, y in zip(a, b)), f"batch {k} differs from the CPU run's"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def test_workers_receive_a_copy_of_the_actor_on_the_worker_device():

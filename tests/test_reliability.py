@@ -25,7 +25,8 @@ from rollout import multi, same, single
 from rollout.errors import ConfigurationError, EnvError, WorkerError
 from rollout.sync import WeightStore
 from tests import faults
-from tests.leaks import alive, children, shm
+from tests import leaks
+from tests.leaks import alive, children, shm, wait_for
 from tests.toys import Corridor, Feedforward, Switch, Tagged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +34,6 @@ STALL = 1.0  # stall_timeout used by the tests, seconds
 
 
 # ----------------------------------------------------------------------------------- helpers
-def wait_for(condition, timeout, interval=0.02):
-    """Poll ``condition()`` until it is truthy or ``timeout`` s have passed; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def worker_pids():
@@ -54,18 +47,7 @@ def worker_pids():
 
 def marked(mark):
     """Live pids whose environment holds ``RELIABILITY_MARK=mark`` (a script and all its descendants)."""
-    needle = f"RELIABILITY_MARK={mark}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as file:
-                if needle in file.read().split(b"\0") and alive(int(name)):
-                    found.append(int(name))
-        except OSError:  # gone, or not ours
-            pass
-    return found
+    return leaks.marked("RELIABILITY_MARK", mark)
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ import uuid
 import pytest
 
 from rollout import multi, single
-from tests.leaks import alive, children, shm
+from tests import leaks
+from tests.leaks import alive, children, shm, wait_for
 from tests.toys import Feedforward, Tagged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,23 +130,11 @@ def test_multi_survives_its_first_next_from_a_thread_pool_that_is_shut_down(clea
 
 
 # ----------------------------------------------------------------------------------- Ray
-@pytest.fixture
-def local_ray():
-    """A local Ray instance for the test (as tests/test_distributed.py's), shut down after it;
-    one this process already runs is reused and left running."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, object_store_memory=100 * 1024**2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray (the 'ray' extra) is not installed")
-def test_distributed_survives_its_first_next_from_a_thread_that_exits(local_ray):
+def test_distributed_survives_its_first_next_from_a_thread_that_exits(ray_instance):
     from rollout import distributed
 
     with distributed.rollout(lambda: Tagged(), Feedforward(), 4, 2, 1, 2, seed=0) as feed:
@@ -155,28 +144,8 @@ def test_distributed_survives_its_first_next_from_a_thread_that_exits(local_ray)
 
 # ----------------------------------------------------------------------------------- the learner dies
 def marked(mark):
-    """Live pids whose environment holds ``THREADS_MARK=mark`` (the learner script and its descendants)."""
-    needle = f"THREADS_MARK={mark}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as file:
-                if needle in file.read().split(b"\0") and alive(int(name)):
-                    found.append(int(name))
-        except OSError:
-            pass
-    return found
-
-
-def wait_for(condition, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    """Live pids whose environment holds ``THREADS_MARK=mark`` (a script and all its descendants)."""
+    return leaks.marked("THREADS_MARK", mark)
 
 
 LEARNER = """
