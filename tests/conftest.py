@@ -3,6 +3,7 @@ import multiprocessing
 import time
 
 import pytest
+import torch
 
 from tests.leaks import children, shm
 
@@ -33,3 +34,13 @@ def ray_instance():
     yield ray
     if started:
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device: torch {torch.__version__} sees none")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

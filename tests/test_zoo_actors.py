@@ -399,3 +399,18 @@ def test_q_network_references_the_observation_norm():
     assert target.obs_norm is norm
     with pytest.raises(ValueError, match="RunningNorm"):
         QNetwork(3, 2, obs_norm=torch.nn.Identity())
+
+
+def test_atari_conv_is_initialised_as_cleanrl_ppo_atari():
+    """Orthogonal weights, zero biases; gain sqrt(2) in the trunk, 0.01 policy head, 1 value head."""
+    import math
+
+    from zoo.actors import AtariConv
+
+    actor = AtariConv(n_act=6)
+    layers = [m for m in actor.body if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for layer, gain in [*((layer, math.sqrt(2)) for layer in layers), (actor.policy, 0.01), (actor.value, 1.0)]:
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        assert w.shape[0] <= w.shape[1]  # rows orthogonal: w @ w.T = gain^2 I
+        assert torch.allclose(w @ w.T, gain**2 * torch.eye(w.shape[0]), atol=1e-4 * max(1.0, gain**2)), layer
+        assert torch.count_nonzero(layer.bias) == 0

@@ -14,7 +14,7 @@ transitions, so a resumed run continues learning from the same data).
 """
 
 import copy
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import gymnasium
 import numpy as np
@@ -106,6 +106,15 @@ class OnPolicy:
 
     def modules(self) -> Dict[str, torch.nn.Module]:
         return {"actor": self.actor}
+
+    def to(self, device: Union[str, torch.device]) -> "OnPolicy":
+        """Move the modules (in place: the optimiser keeps its parameters) to ``device``; call it
+        before :meth:`load_state_dict`, which puts the optimiser's state where the parameters are."""
+        for module in self.modules().values():
+            module.to(device)
+        if self.reward_scale is not None:
+            self.reward_scale.to(device)
+        return self
 
     def state_dict(self, with_buffer: bool = True) -> Dict[str, Any]:
         state = {
@@ -257,6 +266,15 @@ class SoftActorCritic:
             "q1_target": self.q1_target,
             "q2_target": self.q2_target,
         }
+
+    def to(self, device: Union[str, torch.device]) -> "SoftActorCritic":
+        """Move the modules and the temperature (in place: the optimisers keep their parameters) to
+        ``device``; call it before :meth:`load_state_dict`."""
+        for module in self.modules().values():
+            module.to(device)
+        with torch.no_grad():
+            self.log_alpha.data = self.log_alpha.data.to(device)
+        return self
 
     def state_dict(self, with_buffer: bool = True) -> Dict[str, Any]:
         state = {name: module.state_dict() for name, module in self.modules().items()}

@@ -160,14 +160,12 @@ def train(
     learner = learning.build(config, probe.observation_space, probe.action_space)
     probe.close()
     counters = Counters()
+    learner.to(config["device"])  # before loading: the optimisers' state goes where the parameters are
     if checkpoint is not None:
-        learner.load_state_dict(checkpoint["learner"])
+        learner.load_state_dict(checkpoint["learner"])  # saved on any device, loaded on the CPU first
         counters = Counters(**checkpoint["counters"])
         set_rng_state(checkpoint["rng"])
     counters.sessions += 1
-    if config["device"] != "cpu":
-        for module in learner.modules().values():
-            module.to(config["device"])
     actor, window = learner.actor, _Window()
     eval_every, log_every = config["eval_every"] or total, config["log_every"]
     checkpoint_every = config["checkpoint_every"] or eval_every

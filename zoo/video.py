@@ -64,7 +64,7 @@ def record(
                 hx=hx,
                 virtual=False,
             )
-            obs, rew, terminated, truncated, _ = env.step(action[0, 0].numpy())
+            obs, rew, terminated, truncated, _ = env.step(action[0, 0].cpu().numpy())
             frames.append(env.render())
             act, fin, stepno = action, False, stepno + 1
             if terminated or truncated:
