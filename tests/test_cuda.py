@@ -122,3 +122,21 @@ def test_a_checkpoint_round_trip_gpu_cpu_gpu(tmp_path):
 def test_the_cli_trains_ppo_on_cartpole_on_cuda(tmp_path):
     stdout = train("ppo", "--env", "CartPole-v1", "--device", "cuda", "--run-dir", str(tmp_path / "run"))
     assert "final evaluation 500.0" in stdout
+
+
+@pytest.mark.parametrize(
+    "algo, env",
+    [
+        ("ppo", "CartPole-v1"),
+        ("a2c", "CartPole-v1"),
+        ("reinforce", "CartPole-v1"),
+        ("sac", "Pendulum-v1"),
+        ("ppo", "zoo/CartPoleNoVel-v0"),  # the recurrent preset
+    ],
+)
+def test_every_algorithm_trains_and_resumes_on_cuda(algo, env, tmp_path):
+    run = str(tmp_path / "run")
+    train(algo, "--env", env, "--steps", "3000", "--eval-every", "1500", "--device", "cuda", "--run-dir", run)
+    train("--resume", run, "--steps", "6000", "--device", "cuda")
+    checkpoint = torch.load(os.path.join(run, "last.pt"), map_location="cpu", weights_only=False)
+    assert checkpoint["counters"]["env_steps"] >= 6000

@@ -274,6 +274,8 @@ class SoftActorCritic:
             module.to(device)
         with torch.no_grad():
             self.log_alpha.data = self.log_alpha.data.to(device)
+        if not len(self.buffer):  # transitions are stored, and sampled, where the learner computes
+            self.buffer = ReplayBuffer(self.buffer.capacity, device=device)
         return self
 
     def state_dict(self, with_buffer: bool = True) -> Dict[str, Any]:
