@@ -17,6 +17,17 @@ up to 30 no-op actions after a reset, no sticky actions (``repeat_action_probabi
 terminal on life loss, no FIRE at reset, rewards unclipped, episodes truncated after 108,000
 emulator frames (the v5 default). One difference remains: after a reset, gymnasium's frame stack
 repeats the first frame 4 times where the native env pads with 3 black frames.
+
+Other games. The references (CleanRL's ``ppo_atari.py``, SB3's ``AtariWrapper``) also clip rewards
+to their sign, press FIRE at reset and end an episode at every life lost, *for learning*, while
+they report the game's own returns from a wrapper below those. We apply none of the three, and
+say why: here the env's rewards and ``terminated`` are what the fragment records and what
+``rollout.episodes``, ``stats()``, the CLI's logs and its deterministic evaluation read, so
+clipping or life-loss terminals would change every number the CLI reports, not only what the loss
+sees. Pong needs none of them (its rewards are already -1/+1, it has no lives and starts without
+FIRE), and Pong is the only Atari preset. A preset for a game with lives and large rewards should
+get them as learning-side transforms (clip in the loss's reward input, a life-loss mask beside
+``terminated``) rather than env wrappers; that is not built yet.
 """
 
 from typing import Any, Optional
