@@ -1,9 +1,17 @@
 """The GPU learner on a lent device, in one call: the ``cuda`` tests, delivery, the CLI, and Atari.
 
-Run on the device (one call of under 8 minutes; see the ``device`` tool's README for carrying the
-cp312 wheels of gymnasium, optree and ale-py)::
+Run on the device (one call of under 8 minutes). It has PyTorch but not gymnasium, optree or
+ale-py (nor pytest): download their cp312 wheels here into ``.whl`` (ignored by ``.git/info/exclude``;
+no opencv needed: the Atari step uses ale-py's native vector env), carry ``.whl`` and install them
+first::
 
-    python -m benchmarks.gpu --out results/gpu
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform any -d .whl \
+        gymnasium==1.4.0 optree==0.20.0 ale-py==0.12.1 cloudpickle farama-notifications tqdm \
+        pytest==9.0.3 pytest-timeout iniconfig pluggy packaging pygments psutil   # 5.9 MiB in all
+    # on the device:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+        PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out "$OUT/gpu"
 
 and here, on the CPU, the same steps with the CPU standing in for the device, short (under a
 minute)::
@@ -28,6 +36,7 @@ Steps, each measured side by side in the same call, written to ``OUT/gpu.json`` 
 
 import argparse
 import csv
+import functools
 import itertools
 import json
 import os
@@ -134,27 +143,39 @@ def cli(device: str, steps: int, out: pathlib.Path) -> Dict[str, Any]:
 
 
 def atari(device: str, n_workers: int, seconds: float) -> Dict[str, Any]:
-    """The ppo-pong learner for ``seconds`` fed by ``multi`` (CPU workers), then by ``same`` on ``device``."""
+    """The ppo-pong learner for ``seconds`` fed by ``multi`` (CPU workers), then by ``same`` on ``device``.
+
+    Both step ale-py's native vector env (8 emulators per worker in ``multi``, the preset's 8 in
+    ``same``): no opencv needed, so the device carries only small wheels.
+    """
     try:
         import ale_py  # noqa: F401
     except ImportError:
         return {"skipped": "ale-py is not installed (the 'atari' extra)"}
+    from rollout import multi, same
     from zoo import learning, presets
-    from zoo.train import make_collector, make_env
+    from zoo.atari import make_atari_vector, native_vector_available
 
+    if not native_vector_available():
+        return {"skipped": "ale-py's native vector env needs ale-py >= 0.12"}
+    env_id, per_worker = "ALE/Pong-v5", 8
+    _, config = presets.resolve("ppo", env_id, {"device": device})
+    config = {"algo": "ppo", "env": env_id, "seed": 0, **config}
     results = {}
-    for name, overrides in (
-        ("multi", {"collector": "multi", "n_actors": n_workers, "n_envs": 8 * n_workers}),
-        ("same", {"collector": "same"}),
-    ):
-        _, config = presets.resolve("ppo", "ALE/Pong-v5", {**overrides, "device": device, "start_method": "fork"})
-        config = {"algo": "ppo", "env": "ALE/Pong-v5", "seed": 0, **config}
+    for name in ("multi", "same"):
         torch.manual_seed(0)
-        probe = make_env(config["env"])
-        learner = learning.build(config, probe.observation_space, probe.action_space).to(device)
+        probe = make_atari_vector(env_id, 1)
+        learner = learning.build(config, probe.single_observation_space, probe.single_action_space).to(device)
         probe.close()
+        T, seed = config["n_steps"], np.random.SeedSequence([0, 1])
+        if name == "multi":
+            factory = functools.partial(make_atari_vector, env_id, per_worker)
+            feed = multi.rollout(factory, learner.actor, T, n_workers, per_worker, n_workers, seed=seed, device=device)
+        else:
+            factory = functools.partial(make_atari_vector, env_id, config["n_envs"])
+            feed = same.rollout(factory, learner.actor, T, n_envs=1, seed=seed, device=device)
         curve, lags, steps = [], [], 0
-        with make_collector(config, learner.actor, np.random.SeedSequence([0, 1])) as feed:
+        with feed:
             start = time.perf_counter()
             for index, batch in enumerate(feed):
                 learner.update(batch, progress=min(1.0, steps / config["steps"]))
@@ -174,7 +195,7 @@ def atari(device: str, n_workers: int, seconds: float) -> Dict[str, Any]:
             "lag_mean": float(np.mean(lags)) if lags else None,
             "episodes": len(curve),
             "curve": curve,
-            "config": {k: config[k] for k in ("collector", "n_envs", "n_steps", "device") if k in config},
+            "columns": int(batch.state.fin.shape[1]),
         }
         print(
             f"  atari {name}: {results[name]['env_steps_per_s']:.0f} steps/s, idle {stats['wait_fraction']:.2f}",
