@@ -58,16 +58,17 @@ class Ledger:
         self.held[index].append(item)
         self.next_worker = (index + 1) % self.n_workers
 
-    def take(self, index: int, item: Any, *, in_order: bool) -> None:
-        """Worker ``index`` delivered ``item``; ``in_order``: it must be the oldest it holds.
+    def take(self, index: int, item: Any, *, in_order: bool, beat: Optional[int] = None) -> None:
+        """Worker ``index`` delivered ``item`` (its clock restarts; ``beat``: its heartbeat now);
+        ``in_order``: it must be the oldest it holds.
 
         Raises ``LookupError`` if it does not hold it (or, in order, it is not the oldest).
         """
         held = self.held[index]
-        if not held or (in_order and held[0] != item) or item not in held:
+        if item not in held or (in_order and held[0] != item):
             raise LookupError(f"worker {index} delivered {item!r}, but holds {list(held)}")
         held.remove(item)
-        self.moved(index, None, force=True)
+        self.moved(index, beat, force=True)
 
     def load(self, index: int) -> int:
         return len(self.held[index])

@@ -199,10 +199,9 @@ class _Pool:
                         raise WorkerError(f"worker {index} (pid {self.processes[index].pid}) failed:\n{message[1]}")
                     slot = message[1]
                     try:
-                        self.ledger.take(index, slot, in_order=True)
+                        self.ledger.take(index, slot, in_order=True, beat=int(self.watch[index, 0]))
                     except LookupError as error:
                         raise WorkerError(str(error)) from None
-                    self.ledger.moved(index, int(self.watch[index, 0]))
                     self.release(())
                     return slot
 
@@ -217,8 +216,7 @@ class _Pool:
     def _check_stalls(self) -> None:
         if self.ledger.stall_timeout is None:
             return
-        for index in range(self.n_actors):
-            self.ledger.moved(index, int(self.watch[index, 0]))
+        self._refresh()
         overdue = self.ledger.overdue(self._limit)
         if overdue is None:
             return
@@ -235,10 +233,14 @@ class _Pool:
             f"envs can legitimately pause for longer, raise stall_timeout (None disables the check)."
         )
 
+    def _refresh(self) -> None:
+        """Tell the ledger every worker's heartbeat (from the shared progress record)."""
+        for index in range(self.n_actors):
+            self.ledger.moved(index, int(self.watch[index, 0]))
+
     def last_seen(self) -> List[Optional[float]]:
         if self.watch is not None:
-            for index in range(self.n_actors):
-                self.ledger.moved(index, int(self.watch[index, 0]))
+            self._refresh()
         return self.ledger.last_seen()
 
     def _raise_for(self, index: int, wait: float = 1.0) -> None:

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 
 from . import buffers, core
+from .checks import Probe
 from .envs import make_envs
 from .seeds import seed_sequence
 from .fragment import Fragment
+from .options import Options
 from .sync import WeightStore, WriterGone
 
 __all__ = ["WorkerSpec", "Worker", "Shared", "main", "DOING", "LAUNCHED", "STARTING", "IDLE", "PULLING", "STEPPING"]
@@ -70,8 +72,8 @@ class WorkerSpec:
     nice: Optional[int] = None  # the learner's niceness, taken back by a worker started lower (Ray)
 
     @classmethod
-    def of(cls, options: Any, probe: Any, *, close: bool, nice: Optional[int] = None) -> "WorkerSpec":
-        """The spec from a collector's :class:`rollout.options.Options` and :class:`rollout.checks.Probe`."""
+    def of(cls, options: Options, probe: Probe, *, close: bool, nice: Optional[int] = None) -> "WorkerSpec":
+        """The spec from a collector's options and what the probe found."""
         return cls(
             factory=probe.factory,
             actor=probe.actor,
