@@ -58,18 +58,22 @@ is the reset observation with ``fin=True``.
 Cost
 ----
 A step of :func:`collect` does only what must happen at every step: the actor's step and the
-copy of its action (*react*), the envs' step writing row ``t+1`` (*step*), a heartbeat. Everything
-else is written per fragment or at episode ends (*record*): step numbers are laid out as
-``stepno[0] + t`` when the fragment begins and corrected from an episode's end on; returns are
-summed when an episode ends (and for running episodes at the fragment's end); a sticky env's
-frozen rows are written once, when it freezes. Checks and copies that depend on the layout (the
-actor's outputs, the envs' loop) are chosen once, at :func:`startup` and ``EnvList.bind``. An
-actor without ``info`` is asked no virtual step (row T's lookahead and the truncation bootstraps
-record only ``info``), and the per-env scalars of episode ends are plain Python numbers.
+copy of its action (*react*), the envs' step writing row ``t+1`` (*step*), one vector add of the
+row's rewards to the running returns, a heartbeat. Everything else is written per fragment or at
+episode ends (*record*): step numbers are laid out as ``stepno[0] + t`` when the fragment begins
+and corrected from an episode's end on; a sticky env's frozen rows are written once, when it
+freezes. The work at episode ends is a fixed number of array operations over the envs that ended,
+never a Python loop over them: a step costs the same whether one env ends or a hundred (a batched
+env of thousands ends dozens per step). Checks and copies that depend on the layout (the actor's
+outputs, the envs' loop) are chosen once, at :func:`startup` and ``EnvList.bind``. An actor
+without ``info`` is asked no virtual step (row T's lookahead and the truncation bootstraps record
+only ``info``).
+
+Returns are float64 sums of the float32 rewards in step order (``ret += r`` once per step), so an
+episode's return does not depend on how it is split into fragments or which other envs end.
 """
 
 import dataclasses
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -134,6 +138,7 @@ class _Plan:
         env_np = {key: buffers.numpy_view(x) for key, x in fragment.env.items()}
         self.obs_np, self.env_np = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
         self.stepno = buffers.numpy_view(state.stepno)
+        self.stepno_rows = list(self.stepno)  # (B,) views of rows 0..T
         self.rew = buffers.numpy_view(state.rew)
         self.fin = buffers.numpy_view(state.fin)
         self.terminated = buffers.numpy_view(state.terminated)
@@ -150,6 +155,7 @@ class _Plan:
                 rew=self.rew[t],
                 term=self.terminated[t],
                 trunc=self.truncated[t],
+                fin=self.fin[t],
                 info={key: x[t - 1] for key, x in env_np.items()},
             )
             for t in range(1, T + 1)
@@ -199,10 +205,9 @@ class Context:
     carry: List[torch.Tensor]  # S, C: row T of the last fragment (state and final leaves), row 0 of the next
     recurrent: bool  # S: the actor's hx has leaves (reset at episode ends)
     has_info: bool  # S: the actor's info has leaves (recorded: the lookahead and bootstrap steps run)
-    # S, C: B floats, each env's return up to row `start` of this fragment (math.fsum); plain Python
-    # floats and ints, as the scalar work at episode ends is cheapest on them
-    episode_return: List[float]
-    start: List[int]  # C: B ints, the row of the fragment at which each env's episode_return stands
+    # S, C: (B,) float64, each env's return so far in its running episode: the rewards of the
+    # steps into rows 1..t added one row at a time (one vector add per step, whatever ends)
+    episode_return: np.ndarray
     frozen: np.ndarray  # C: (B,) bool, sticky envs frozen until the fragment ends
     version: int = 0  # W (or same): written into Fragment.version
     worker: int = 0  # W: written into Fragment.worker
@@ -332,8 +337,7 @@ def startup(
         carry=optree.tree_leaves(state) + optree.tree_leaves(final),
         recurrent=hx_spec.num_leaves > 0,
         has_info=info_spec.num_leaves > 0,
-        episode_return=[0.0] * B,
-        start=[0] * B,
+        episode_return=np.zeros(B, dtype=np.float64),
         frozen=np.zeros(B, dtype=bool),
     )
 
@@ -453,9 +457,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 
     Each step has three phases: *react* (the actor's step on row ``t``: its action goes to row
     ``t+1``, its other outputs to ``actor[t]``), *step* (the envs write row ``t+1``) and *record*
-    (only where episodes ended, in :func:`_episode_ends`). What can be written per fragment is:
-    step numbers are laid out by :func:`_begin` and corrected at episode ends, returns are summed
-    at episode ends and by :func:`_end`, and a sticky env's frozen rows are filled when it ends.
+    (the running returns, then only where episodes ended, in :func:`_episode_ends`). What can be
+    written per fragment is: step numbers are laid out by :func:`_begin` and corrected at episode
+    ends, and a sticky env's frozen rows are filled when it ends.
 
     Parameters
     ----------
@@ -472,7 +476,10 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
     """
     plan = context.plan(fragment)
     actor, T, device, progress = context.actor, context.n_steps, context.actor_device, context.progress
-    step_envs, record = context.envs.step, context.record
+    step_envs, record, ret, add = context.envs.step, context.record, context.episode_return, np.add
+    # Non-sticky step numbers count up one row per step (zeroed where an episode ends); sticky
+    # ones are laid out per fragment by _begin (their frozen rows stay 0).
+    count = None if context.sticky else plan.stepno_rows
     inputs, act_rows, actor_rows, rows = plan.inputs, plan.act_rows, plan.actor_rows, plan.rows
     skip = context.frozen if context.sticky else None
     with torch.no_grad():
@@ -486,11 +493,15 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                 act, hx_next, info = actor.step(stepno, obs, act, rew, fin, hx=hx, virtual=False)
                 record(act, hx_next, info, act_rows[t1], actor_rows[t])
                 # step (frozen envs are not called)
-                ends = step_envs(rows[t1], skip)
+                row = rows[t1]
+                ended = step_envs(row, skip)
                 progress[0] += 1
-                # record
-                if ends or resets:
-                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ends)
+                # record: step numbers and running returns, then only where episodes ended
+                if count is not None:
+                    add(count[t], 1, out=count[t1])
+                add(ret, row.rew, out=ret)
+                if ended or resets:
+                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ended)
                 hx = hx_next
         except ActorContractError as error:  # the actor's fault: say which actor and which row
             raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
@@ -506,9 +517,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 
 
 def _begin(context: Context, plan: _Plan) -> None:
-    """Row 0 from the carry, the fragment's identity, step numbers laid out as if no episode
-    ended, and rows 1..T cleared of what a step does not write (``fin``, ``terminated``, and
-    ``final`` where the buffer's last use had episode ends)."""
+    """Row 0 from the carry, the fragment's identity, sticky step numbers laid out as if no
+    episode ended, and rows 1..T cleared of what a step does not write (``fin``, ``terminated``,
+    and ``final`` where the buffer's last use had episode ends)."""
     rows, cols = np.nonzero(plan.fin[1:])
     if len(rows):  # only rows with `fin` were written: no full sweep of large observations
         index = (rows + 1, cols)
@@ -522,59 +533,57 @@ def _begin(context: Context, plan: _Plan) -> None:
     if plan.hx_leaves:
         for dst, src in zip(plan.hx_leaves, optree.tree_leaves(context.hx)):
             dst.copy_(src)
-    np.add(plan.stepno[0], plan.ramp[1:, None], out=plan.stepno[1:])
+    if context.sticky:
+        np.add(plan.stepno[0], plan.ramp[1:, None], out=plan.stepno[1:])
     for dst, value in zip(plan.identity, (context.version, context.worker, context.sequence)):
         dst.fill(value)
     context.frozen[:] = False
-    context.start[:] = [0] * len(context.start)
 
 
 def _end(context: Context, plan: _Plan) -> None:
-    """Returns of the episodes still running summed up to row T; row T carried to the next fragment."""
-    ret, rew = context.episode_return, plan.rew
-    for j, first in enumerate(context.start):  # the rewards after each env's `start` row
-        ret[j] += math.fsum(rew[first + 1 :, j].tolist())
+    """Row T carried to the next fragment."""
     for copy, dst, src in plan.save:
         copy(dst, src)
     context.sequence += 1
 
 
-def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ends: List[int]) -> Tuple[Any, bool]:
-    """Row ``t1``, where the envs ``ends`` ended an episode (or sticky envs are frozen and the
-    actor has a state).
+def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) -> Tuple[Any, bool]:
+    """Row ``t1``, where the envs set ``fin`` where an episode ended (``ended``: any did), or
+    sticky envs are frozen and the actor has a state.
 
-    Records the ended episodes' length and return and the bootstraps of truncations, sets
-    ``fin``, lays out the ended envs' step numbers (or, sticky, their frozen rows) to the
-    fragment's end, and resets the recurrent state of every env with ``fin``. Returns that state
-    and whether the next step has resets too (a recurrent actor with frozen envs).
+    Records the ended episodes' length and return and the bootstraps of truncations, restarts
+    the ended envs' step numbers (or, sticky, writes their frozen rows to the fragment's end),
+    and resets the recurrent state of every env with ``fin``. Returns that state and whether
+    the next step has resets too (a recurrent actor with frozen envs).
+
+    Every write is one array operation over the batch, masked by ``fin``: the cost of a step
+    does not grow with the number of envs that end (thousands of batched envs end dozens at a
+    time), and there are as few operations as can be (each costs microseconds here, between an
+    actor's forward and an env's step, whatever its size).
     """
-    fin, stepno, rew, truncated, sticky = plan.fin, plan.stepno, plan.rew, plan.truncated, context.sticky
-    start, ret, length, total = context.start, context.episode_return, plan.episode_length, plan.episode_return
-    bootstrap = False
-    # Scalar work, env by env: usually one env ends at a time, and numpy calls cost more than the loop.
-    for j in ends:
-        length[t1, j] = stepno[t1, j]
-        total[t1, j] = ret[j] + math.fsum(rew[start[j] + 1 : t1 + 1, j].tolist())
-        start[j], ret[j], fin[t1, j] = t1, 0.0, True
-        bootstrap = bootstrap or truncated[t1, j]
-    if bootstrap and context.has_info:  # an actor without info has nothing to record
-        _bootstrap(context, plan, t1, hx, truncated[t1], stepno[t1])
-    if sticky:
-        if ends:
-            _freeze(context, plan, t1, ends)
-    else:
-        ramp = plan.ramp[: context.n_steps + 1 - t1]
-        for j in ends:
-            stepno[t1:, j] = ramp
+    fin, stepno, sticky, ret, copyto = plan.fin[t1], plan.stepno[t1], context.sticky, context.episode_return, np.copyto
+    if ended:
+        # Sticky envs frozen earlier have `fin` on this row too: the newly ended ones are the others.
+        new = fin & ~context.frozen if sticky else fin
+        copyto(plan.episode_length[t1], stepno, where=new)
+        copyto(plan.episode_return[t1], ret, where=new)
+        copyto(ret, 0.0, where=new)
+        # `truncated` is set only where an episode ended (and cleared by _begin)
+        if context.has_info and plan.truncated[t1].any():  # an actor without info has nothing to record
+            _bootstrap(context, plan, t1, hx, plan.truncated[t1], stepno)
+        if sticky:
+            _freeze(context, plan, t1, np.flatnonzero(new))
+        else:
+            copyto(stepno, 0, where=new)  # the next rows count on from it
     if context.recurrent:
-        at = np.flatnonzero(fin[t1]) if sticky else np.array(ends)
+        at = np.flatnonzero(fin)
         if len(at):
             hx = _reset(context.actor, hx, torch.from_numpy(at), context.hx_spec)
         return hx, sticky and bool(context.frozen.any())
     return hx, False
 
 
-def _freeze(context: Context, plan: _Plan, t1: int, ends: List[int]) -> None:
+def _freeze(context: Context, plan: _Plan, t1: int, ends: np.ndarray) -> None:
     """Sticky envs that ended at row ``t1``: not stepped until the fragment ends; their rows
     ``t1+1 .. T`` are padding, written here once: the reset observation repeated, reward 0,
     ``fin`` and ``terminated`` set, step number 0, env info at its fill value."""

@@ -306,7 +306,9 @@ class Row:
     rew: np.ndarray  # (B,) float32, written
     term: np.ndarray  # (B,) bool, written where an episode ended
     trunc: np.ndarray  # (B,) bool, written where an episode ended
+    fin: np.ndarray  # (B,) bool, set where an episode ended
     info: Dict[str, np.ndarray]  # the recorded env-info keys, written (fill value where a key is missing)
+    views: Dict[str, Any] = dataclasses.field(default_factory=dict)  # an env batch's own views of this row, made once
 
 
 class EnvList:
@@ -361,7 +363,7 @@ class EnvList:
         plain = act_layout.is_leaf and obs_layout.is_leaf and not info_keys and not sticky
         self.step = self._step_plain if plain else self._step_general
 
-    def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
         """Step every env not in ``skip`` and write what it returns into ``row``.
 
         Chosen by :meth:`bind` (one of two loops); before it, stepping is an error.
@@ -371,32 +373,32 @@ class EnvList:
         row : Row
             The views of one fragment row ``t+1``: ``act`` is read; ``obs``, ``rew`` and ``info``
             are written for every stepped env; ``term``, ``trunc`` and ``final`` only where an
-            episode ended (the caller zeroes ``term`` and ``trunc`` beforehand), after which the env
-            is reset and ``obs`` gets the reset observation.
+            episode ended (the caller zeroes ``term``, ``trunc`` and ``fin`` beforehand), after
+            which the env is reset, ``fin`` is set and ``obs`` gets the reset observation.
         skip : bool array ``(B,)`` or None
             Envs not to call (sticky envs frozen until the fragment ends); their entries of
             ``row`` are left as they are.
 
         Returns
         -------
-        list of int
-            The envs whose episode ended, in increasing order (usually empty).
+        bool
+            Whether any episode ended (usually not): ``row.fin`` says which.
         """
         raise ConfigurationError("EnvList.step before bind(): the collector binds the layouts first")
 
-    def _step_plain(self, row: Row, skip: None) -> List[int]:
+    def _step_plain(self, row: Row, skip: None) -> bool:
         act, obs, rew, shape = row.act[0], row.obs[0], row.rew, self.obs_layout.shapes[0]
-        ended = []
+        ended = False
         for j, env in enumerate(self.envs):
             o, r, te, tr, _ = env.step(act[j])
             rew[j] = r
             if te or tr:
-                row.term[j], row.trunc[j] = te, tr
+                row.term[j], row.trunc[j], row.fin[j] = te, tr, True
                 if getattr(o, "shape", None) == shape:
                     row.final[0][j] = o
                 else:
                     self.obs_layout.write(row.final, j, o, "step() observation")
-                ended.append(j)
+                ended = True
                 o, _ = env.reset()
             if getattr(o, "shape", None) == shape:
                 obs[j] = o
@@ -404,10 +406,10 @@ class EnvList:
                 self.obs_layout.write(row.obs, j, o, "observation")
         return ended
 
-    def _step_general(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
+    def _step_general(self, row: Row, skip: Optional[np.ndarray]) -> bool:
         obs_layout, act_spec, info_keys, info = self.obs_layout, self.act_layout.spec, self.info_keys, row.info
         act0 = row.act[0] if self.act_layout.is_leaf else None
-        ended = []
+        ended = False
         for j, env in enumerate(self.envs):
             if skip is not None and skip[j]:
                 continue
@@ -416,17 +418,14 @@ class EnvList:
             )
             row.rew[j] = r
             if te or tr:
-                ended.append(self._ended(row, j, o, te, tr))
+                row.term[j], row.trunc[j], row.fin[j] = te, tr, True
+                obs_layout.write(row.final, j, o, "step() observation")
+                ended = True
                 o, _ = env.reset()
             obs_layout.write(row.obs, j, o, "observation")
             for key, fill in info_keys:
                 info[key][j] = step_info.get(key, fill)
         return ended
-
-    def _ended(self, row: Row, j: int, o: Any, te: Any, tr: Any) -> int:
-        row.term[j], row.trunc[j] = te, tr
-        self.obs_layout.write(row.final, j, o, "step() observation")
-        return j
 
     def probe(self, in_place: bool = False) -> Optional[Tuple[Any, Any, dict]]:
         """One step of a spare env with a sampled action: ``(obs, rew, info)``, or None.
@@ -505,33 +504,38 @@ class BatchedEnv:
         ``sticky`` is always False: a batched env cannot skip its finished envs)."""
         self.obs_layout, self.act_layout, self.info_keys = obs_layout, act_layout, info_keys
         self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
+        # One array per leaf (the common case): passed and checked without flattening.
+        self._act_leaf, self._obs_leaf = act_layout.is_leaf, obs_layout.is_leaf
+        self._records = [_record(shape, dtype) for shape, dtype in zip(obs_layout.shapes, obs_layout.dtypes)]
+        self._dtype = obs_layout.dtypes[0]
 
-    def step(self, row: Row, skip: Optional[np.ndarray]) -> List[int]:
+    def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
         """Step all B envs with one call; as :meth:`EnvList.step` (``skip`` must be None), but
-        ``term`` and ``trunc`` are written for every env."""
-        o, r, te, tr, step_info = self.env.step(optree.tree_unflatten(self.act_layout.spec, row.act))
-        layout, obs, final = self.obs_layout, row.obs, row.final
-        leaves = layout.leaves(o, "VectorEnv.step observation")
-        for path, dst, src, shape in zip(layout.paths, obs, leaves, self._shapes):
-            if src.shape != shape:
-                raise EnvError(f"VectorEnv.step observation{path}: expected shape {shape}, found {_describe(src)}")
-            dst[...] = src
+        ``term``, ``trunc`` and ``fin`` are written for every env.
+
+        A fixed number of array operations per step, whatever the number of envs that end."""
+        act = row.act[0] if self._act_leaf else optree.tree_unflatten(self.act_layout.spec, row.act)
+        o, r, te, tr, step_info = self.env.step(act)
+        obs = row.obs
+        if self._obs_leaf and type(o) is np.ndarray and o.shape == self._shapes[0]:
+            obs[0][...] = o
+            leaves = [o]
+        else:
+            leaves = self._observation(o, obs)
         row.rew[:] = r
         row.term[:] = te
         row.trunc[:] = tr
-        ended = np.logical_or(te, tr)
-        ends = np.flatnonzero(ended).tolist()
-        if ends:
-            if self.same_step:
-                final_obs = step_info["final_obs"]
-                for j in ends:
-                    layout.write(final, j, final_obs[j], "final observation", who="VectorEnv env")
-            else:
-                for dst, src in zip(final, leaves):
-                    dst[ended] = src[ended]
-                reset, _ = self.env.reset(options={"reset_mask": ended})
-                for dst, src in zip(obs, layout.leaves(reset, "VectorEnv.reset observation")):
-                    dst[ended] = src[ended]
+        ended = np.logical_or(te, tr, out=row.fin)
+        if not ended.any():
+            ended = None
+        elif self.same_step:
+            self._write_final(row, step_info["final_obs"])
+        else:
+            for dst, src in zip(row.final, leaves):
+                dst[ended] = src[ended]
+            reset, _ = self.env.reset(options={"reset_mask": ended})
+            for dst, src in zip(obs, self.obs_layout.leaves(reset, "VectorEnv.reset observation")):
+                dst[ended] = src[ended]
         for key, fill in self.info_keys:
             dst = row.info[key]
             value = step_info.get(key)
@@ -544,7 +548,47 @@ class BatchedEnv:
             else:
                 dst[...] = fill
                 dst[mask] = np.asarray(value)[mask]
-        return ends
+        return ended is not None
+
+    def _observation(self, o: Any, obs: List[np.ndarray]) -> List[np.ndarray]:
+        """Check and write a step's observation leaves (the general path); returns them."""
+        layout = self.obs_layout
+        leaves = layout.leaves(o, "VectorEnv.step observation")
+        for path, dst, src, shape in zip(layout.paths, obs, leaves, self._shapes):
+            if getattr(src, "shape", None) != shape:
+                raise EnvError(f"VectorEnv.step observation{path}: expected shape {shape}, found {_describe(src)}")
+            dst[...] = src
+        return leaves
+
+    def _write_final(self, row: Row, final_obs: Any) -> None:
+        """The ended envs' last observations from ``info['final_obs']``: one masked copy per leaf
+        where it holds arrays of the batch's layout (``(B, ...)``, as numpy-batched envs give),
+        else env by env (an object array of single observations, as gymnasium's wrappers give)."""
+        leaves = self._final_leaves(final_obs)
+        if leaves is None:
+            for j in np.flatnonzero(row.fin).tolist():
+                self.obs_layout.write(row.final, j, final_obs[j], "final observation", who="VectorEnv env")
+            return
+        views = row.views.get("final")
+        if views is None:  # once per row: each env's leaf as one record, and fin as a (B, 1) mask
+            views = row.views["final"] = ([_records(dst) for dst in row.final], row.fin.reshape(-1, 1))
+        records, mask = views
+        for dst, src, dtype in zip(records, leaves, self._records):
+            np.copyto(dst, np.ascontiguousarray(src).reshape(self.n, -1).view(dtype), where=mask)
+
+    def _final_leaves(self, final_obs: Any) -> Optional[List[np.ndarray]]:
+        """The leaves of ``final_obs`` if they are arrays of the batch's layout, else None."""
+        if self._obs_leaf:  # the common case, without flattening
+            if type(final_obs) is np.ndarray and final_obs.dtype == self._dtype and final_obs.shape == self._shapes[0]:
+                return [final_obs]
+            return None
+        leaves, spec = optree.tree_flatten(final_obs)
+        if spec != self.obs_layout.spec:
+            return None
+        for src, shape, dtype in zip(leaves, self._shapes, self.obs_layout.dtypes):
+            if type(src) is not np.ndarray or src.dtype != dtype or src.shape != shape:
+                return None
+        return leaves
 
     def probe(self, in_place: bool = False) -> None:
         return None  # stepping a copy of a vector env is not generally possible
@@ -552,6 +596,18 @@ class BatchedEnv:
     def close(self) -> None:
         if self.owned:
             self.env.close()
+
+
+def _record(shape: Tuple[int, ...], dtype: np.dtype) -> np.dtype:
+    """One env's leaf of ``shape`` and ``dtype`` as one opaque record."""
+    return np.dtype((np.void, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
+
+
+def _records(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous ``(B, ...)`` array as ``(B, 1)`` opaque records, one per env: a copy
+    masked by a ``(B, 1)`` mask is then one flat pass (a mask broadcast over ``(B, ...)`` costs
+    several times more)."""
+    return a.reshape(a.shape[0], -1).view(_record(a.shape[1:], a.dtype))
 
 
 def warn_no_probe() -> None:

@@ -65,7 +65,7 @@ def test_inapplicable_configurations_are_skipped_with_a_reason():
     assert "one worker" in throughput._skip(Config("cartpole", "mlp", "single", 8, 2), throughput.ENVS["cartpole"])
     assert "pixel" in throughput._skip(Config("pixels", "mlp", "same", 8, 1), throughput.ENVS["pixels"])
     assert "batched" in throughput._skip(
-        Config("cartpole-batched", "mlp", "multi", 8, 2), throughput.ENVS["cartpole-batched"]
+        Config("cartpole-batched", "mlp", "gym-sync", 8, 1), throughput.ENVS["cartpole-batched"]
     )
     assert throughput._skip(Config("cartpole", "mlp", "same", 8, 1), throughput.ENVS["cartpole"]) is None
 
@@ -156,6 +156,43 @@ def test_the_lean_loop_and_its_multi_process_ceiling_run_and_leave_no_process():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("collector, n_actors", [("lean", 1), ("single", 1), ("multi", 2), ("ceiling", 2)])
+def test_worker_collectors_and_the_lean_loop_step_one_batched_env_per_worker(collector, n_actors):
+    cfg = Config("cartpole-batched", "lean", collector, 16, n_actors, T=8)
+    assert throughput._skip(cfg, throughput.ENVS["cartpole-batched"]) is None
+    assert throughput.measure(cfg, 0.2, 0.05) > 0
+    assert multiprocessing.active_children() == []
+
+
+def test_the_large_batch_targets_are_read_from_the_lean_policy_rows():
+    def result(collector, n_envs, n_actors, ratios):
+        return {
+            "env": "cartpole-batched",
+            "policy": "lean",
+            "collector": collector,
+            "n_envs": n_envs,
+            "n_actors": n_actors,
+            "ratios": ratios,
+        }
+
+    groups = [
+        {
+            "name": "large-batch",
+            "paired": True,
+            "results": [result("same", 1024, 1, {"lean": {"median": 0.97, "min": 0.93, "max": 0.99}})],
+        },
+        {
+            "name": "large-batch-workers",
+            "results": [result("multi", 1024, 2, {"lean per worker": {"median": 1.7, "min": 1.6, "max": 1.9}})],
+        },
+    ]
+    checks = throughput.targets(groups)
+    assert checks["batched 1024: same >= 0.95x lean"]["met"] is True
+    assert checks["batched: multi 2x1024 >= 1.8x lean 1024 (0.9x two lean loops)"]["met"] is False
+    assert "batched 512: same >= 0.95x lean" not in checks  # not measured: no verdict
+
+
+@pytest.mark.timeout(120)
 def test_the_distributed_collector_runs_and_is_skipped_without_ray():
     ray = pytest.importorskip("ray", reason="Ray (the 'ray' extra) is not installed: pip install -e '.[ray]'")
     try:
@@ -163,7 +200,8 @@ def test_the_distributed_collector_runs_and_is_skipped_without_ray():
     finally:
         ray.shutdown()  # the benchmark's instance lives for its run; later tests start their own
     assert rate > 0
+    # a batched env is one object per worker, as in multi
     reason = throughput._skip(
         Config("cartpole-batched", "mlp", "distributed", 8, 2), throughput.ENVS["cartpole-batched"]
     )
-    assert reason is not None
+    assert reason is None

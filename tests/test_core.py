@@ -5,7 +5,7 @@ import torch
 
 import rollout
 from rollout import core, same
-from tests.toys import BatchedCorridor, Corridor, Counter, Feedforward
+from tests.toys import BatchedCorridor, Corridor, Counter, Feedforward, SameStepCorridor
 
 T = 4
 
@@ -124,6 +124,31 @@ def test_batched_env_fills_the_same_fragment_as_single_envs():
     for f, g in ((f1, g1), (f2, g2)):
         for a, c in zip(rollout.fragment.clone(f)[:5], g[:5]):
             for x, y in zip(__import__("optree").tree_leaves(a), __import__("optree").tree_leaves(c)):
+                assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "batched",
+    [
+        lambda starts: BatchedCorridor(len(starts), max_steps=3, length=5, start=starts),
+        lambda starts: SameStepCorridor(len(starts), max_steps=3, length=5, start=starts),
+        lambda starts: SameStepCorridor(len(starts), max_steps=3, length=5, start=starts, objects=True),
+    ],
+    ids=["disabled", "same-step-array", "same-step-objects"],
+)
+def test_many_envs_ending_in_one_step_fill_what_single_envs_fill(batched):
+    # 12 envs from 4 starts: a third of them end (terminated or truncated) at once, the others
+    # not; a recurrent actor with info, so resets and truncation bootstraps are recorded too
+    import optree
+
+    starts = [j % 4 for j in range(12)]
+    _, _, g1, g2 = two_fragments(False, make=lambda: batched(starts))
+    _, _, f1, f2 = two_fragments(False, make=lambda: [Corridor(max_steps=3, length=5, start=s) for s in starts])
+    assert f1.state.fin[1:].sum(1).max() >= 3  # several envs end in one step
+    assert (f1.state.fin & ~f1.state.terminated).any() and f1.state.terminated[1:].any()
+    for f, g in ((f1, g1), (f2, g2)):
+        for a, c in zip(rollout.fragment.clone(f)[:5], g[:5]):
+            for x, y in zip(optree.tree_leaves(a), optree.tree_leaves(c)):
                 assert torch.equal(x, y)
 
 

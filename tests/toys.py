@@ -40,7 +40,9 @@ class Corridor(gymnasium.Env):
 
 
 class BatchedCorridor(VectorEnv):
-    """B corridors stepped with one numpy call; ``autoreset_mode`` DISABLED (reset with a mask)."""
+    """B corridors stepped with one numpy call; ``autoreset_mode`` DISABLED (reset with a mask).
+
+    ``start``: one start for all, or one per env."""
 
     metadata = {"autoreset_mode": AutoresetMode.DISABLED}
 
@@ -55,7 +57,7 @@ class BatchedCorridor(VectorEnv):
 
     def reset(self, *, seed=None, options=None):
         mask = np.ones(self.num_envs, bool) if not options else options["reset_mask"]
-        self.pos[mask], self.t[mask] = self.start, 0
+        self.pos[mask], self.t[mask] = np.broadcast_to(self.start, (self.num_envs,))[mask], 0
         return self.pos[:, None].copy(), {}
 
     def step(self, actions):
@@ -65,6 +67,31 @@ class BatchedCorridor(VectorEnv):
         truncated = ~terminated & (self.t >= (self.max_steps or np.iinfo(np.int64).max))
         info = {"pos": self.pos.copy(), "_pos": np.ones(self.num_envs, bool)}
         return self.pos[:, None].copy(), terminated.astype(np.float64), terminated, truncated, info
+
+
+class SameStepCorridor(BatchedCorridor):
+    """:class:`BatchedCorridor` resetting its ended envs in the step (``SAME_STEP``), their last
+    observations in ``info['final_obs']``: a ``(B, 1)`` array, as numpy-batched envs give, or
+    (``objects=True``) an object array of single observations, as gymnasium's wrappers give."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, *args, objects=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objects = objects
+
+    def step(self, actions):
+        obs, rew, terminated, truncated, info = super().step(actions)
+        ended = terminated | truncated
+        if ended.any():
+            final = obs
+            if self.objects:
+                final = np.empty(self.num_envs, dtype=object)
+                for j in np.flatnonzero(ended):
+                    final[j] = obs[j].copy()
+            info = {**info, "final_obs": final, "_final_obs": ended}
+            obs, _ = self.reset(options={"reset_mask": ended})
+        return obs, rew, terminated, truncated, info
 
 
 class Counter(rollout.Actor):
