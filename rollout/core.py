@@ -139,13 +139,14 @@ class _Plan:
         self.obs_np, self.env_np = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
         self.stepno = buffers.numpy_view(state.stepno)
         self.stepno_rows = list(self.stepno)  # (B,) views of rows 0..T
+        self.episode_length = buffers.numpy_view(final.episode_length)
+        self.episode_return = buffers.numpy_view(final.episode_return)
+        self.length_rows, self.return_rows = list(self.episode_length), list(self.episode_return)
         self.rew = buffers.numpy_view(state.rew)
         self.fin = buffers.numpy_view(state.fin)
         self.terminated = buffers.numpy_view(state.terminated)
         self.truncated = np.zeros(self.fin.shape, dtype=bool)  # not a fragment field: fin & ~terminated
         self.ramp = np.arange(T + 1, dtype=np.int64)  # (1+T,): 0, 1, ..., T
-        self.episode_return = buffers.numpy_view(final.episode_return)
-        self.episode_length = buffers.numpy_view(final.episode_length)
         # What a step of the envs into row t reads and writes (row 0 is never stepped into).
         self.rows = [None] + [
             Row(
@@ -501,7 +502,7 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
                     add(count[t], 1, out=count[t1])
                 add(ret, row.rew, out=ret)
                 if ended or resets:
-                    hx_next, resets = _episode_ends(context, plan, t1, hx_next, ended)
+                    hx_next, resets = _episode_ends(context, plan, t1, row, hx_next, ended)
                 hx = hx_next
         except ActorContractError as error:  # the actor's fault: say which actor and which row
             raise ActorContractError(f"{type(actor).__name__}.step at row {t} of the fragment: {error}") from None
@@ -547,7 +548,7 @@ def _end(context: Context, plan: _Plan) -> None:
     context.sequence += 1
 
 
-def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) -> Tuple[Any, bool]:
+def _episode_ends(context: Context, plan: _Plan, t1: int, row: Row, hx: Any, ended: bool) -> Tuple[Any, bool]:
     """Row ``t1``, where the envs set ``fin`` where an episode ended (``ended``: any did), or
     sticky envs are frozen and the actor has a state.
 
@@ -561,16 +562,17 @@ def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) 
     time), and there are as few operations as can be (each costs microseconds here, between an
     actor's forward and an env's step, whatever its size).
     """
-    fin, stepno, sticky, ret, copyto = plan.fin[t1], plan.stepno[t1], context.sticky, context.episode_return, np.copyto
+    fin, stepno, sticky, ret, copyto = row.fin, plan.stepno_rows[t1], context.sticky, context.episode_return, np.copyto
     if ended:
         # Sticky envs frozen earlier have `fin` on this row too: the newly ended ones are the others.
         new = fin & ~context.frozen if sticky else fin
-        copyto(plan.episode_length[t1], stepno, where=new)
-        copyto(plan.episode_return[t1], ret, where=new)
+        copyto(plan.length_rows[t1], stepno, where=new)
+        copyto(plan.return_rows[t1], ret, where=new)
         copyto(ret, 0.0, where=new)
-        # `truncated` is set only where an episode ended (and cleared by _begin)
-        if context.has_info and plan.truncated[t1].any():  # an actor without info has nothing to record
-            _bootstrap(context, plan, t1, hx, plan.truncated[t1], stepno)
+        # `trunc` is set only where an episode ended (and cleared by _begin); count_nonzero is
+        # the cheapest test of a bool row (any() is a Python-level method)
+        if context.has_info and np.count_nonzero(row.trunc):  # an actor without info has nothing to record
+            _bootstrap(context, plan, t1, hx, row.trunc, stepno)
         if sticky:
             _freeze(context, plan, t1, np.flatnonzero(new))
         else:
@@ -579,7 +581,7 @@ def _episode_ends(context: Context, plan: _Plan, t1: int, hx: Any, ended: bool) 
         at = np.flatnonzero(fin)
         if len(at):
             hx = _reset(context.actor, hx, torch.from_numpy(at), context.hx_spec)
-        return hx, sticky and bool(context.frozen.any())
+        return hx, sticky and bool(np.count_nonzero(context.frozen))
     return hx, False
 
 

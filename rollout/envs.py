@@ -526,7 +526,7 @@ class BatchedEnv:
         row.term[:] = te
         row.trunc[:] = tr
         ended = np.logical_or(te, tr, out=row.fin)
-        if not ended.any():
+        if not np.count_nonzero(ended):
             ended = None
         elif self.same_step:
             self._write_final(row, step_info["final_obs"])
