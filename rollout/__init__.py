@@ -7,6 +7,8 @@
   extra; import it explicitly: ``from rollout import distributed``);
 - :mod:`rollout.fragment`: the data contract (``Fragment``, ``State``, ``Final``, ``episodes``);
 - :mod:`rollout.actor`: the ``Actor`` base class and its contract;
+- :mod:`rollout.sequence`: ``unroll``, a GRU or LSTM replayed over fragment rows with fused calls
+  (the state zeroed at ``fin``), for recurrent actors;
 - :mod:`rollout.options`: a collector's keyword arguments, checked once into one ``Options``;
 - :mod:`rollout.checks`: everything checked before anything starts (arguments, this machine's
   device and file descriptors, the env and the actor on a probe env);
@@ -30,12 +32,14 @@
 
 from . import errors
 from .actor import Actor
+from .sequence import unroll
 from .fragment import Episodes, Final, Fragment, State, clone, episodes
 from . import multi, same, single, sync
 from .evaluate import Evaluation, evaluate
 
 __all__ = [
     "Actor",
+    "unroll",
     "Fragment",
     "State",
     "Final",

@@ -236,14 +236,14 @@ def test_gru_hx_and_separate_critic():
     _, hx, info = step(shared, obs)
     assert hx.shape == (1, 2, 8) and shared.critic_cell is None
     info["value"].sum().backward()
-    assert shared.cell.weight_hh.grad.abs().sum() > 0
+    assert shared.cell.weight_hh_l0.grad.abs().sum() > 0
     torch.testing.assert_close(shared.policy.weight @ shared.policy.weight.T, 1e-4 * torch.eye(3), rtol=0, atol=1e-9)
 
 
 def test_lstm_cell_state_rows_and_continuation():
     torch.manual_seed(0)
     actor = CategoricalGRU(4, 3, 8, separate_critic=True, cell="lstm")
-    assert isinstance(actor.cell, torch.nn.LSTMCell) and isinstance(actor.critic_cell, torch.nn.LSTMCell)
+    assert isinstance(actor.cell, torch.nn.LSTM) and isinstance(actor.critic_cell, torch.nn.LSTM)
     obs = torch.randn(5, 2, 4)
     _, hx, info = step(actor, obs)
     assert hx.shape == (4, 2, 8)  # policy (h, c), critic (h, c)

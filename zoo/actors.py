@@ -155,17 +155,18 @@ def _head(n_in: int, width: int, n_out: int, gain: float) -> nn.Module:
 
 
 class CategoricalGRU(rollout.Actor):
-    """Recurrent actor-critic: ``[obs_norm] -> Linear -> tanh -> GRU cell -> policy and value heads``.
+    """Recurrent actor-critic: ``[obs_norm] -> Linear -> tanh -> GRU (or LSTM) -> policy and value heads``.
 
-    ``step`` runs over the ``n_seq`` rows and zeroes the state of every env before a row with
-    ``fin[t]`` (a new episode). The collector also resets the state of ended episodes
+    ``step`` runs over the ``n_seq`` rows with :func:`rollout.unroll` (fused calls of
+    ``nn.GRU`` / ``nn.LSTM``, one for a collector's step, a few for a fragment) and zeroes the
+    state of every env before a row with ``fin[t]`` (a new episode). The collector also resets the state of ended episodes
     (:meth:`rollout.Actor.reset`, zeros), so both agree, and a learner replaying a fragment's
     columns from ``Fragment.hx`` (as :func:`learners.ppo.loss` does) recomputes exactly what the
     collector saw.
 
     With ``separate_critic=True`` the value has its own recurrent trunk (its own embedding and GRU
     cell), so the value loss never reaches the policy's parameters; this is recommended for PPO
-    (with one shared trunk the critic can fail to learn). The GRU cells keep PyTorch's default
+    (with one shared trunk the critic can fail to learn). The recurrent layers keep PyTorch's default
     init; the embeddings are orthogonal with gain ``sqrt(2)``, the policy head 0.01 and the value
     head 1.0, with zero biases.
 
@@ -174,7 +175,7 @@ class CategoricalGRU(rollout.Actor):
     n_obs, n_act : int
         Observation size and number of actions ``A``.
     hidden : int
-        Width of the embedding and of the GRU state.
+        Width of the embedding and of the recurrent state.
     separate_critic : bool
         A second, independent recurrent trunk for the value.
     normalize_obs : bool
@@ -187,7 +188,8 @@ class CategoricalGRU(rollout.Actor):
         Also feed the previous action ``act`` ``(n_seq, B)`` one-hot (zeros at rows with ``fin``):
         in a partially observed env the agent's own push explains part of the change it sees.
     cell : str
-        ``"gru"`` (``nn.GRUCell``) or ``"lstm"`` (``nn.LSTMCell``, as sb3-contrib's RecurrentPPO).
+        ``"gru"`` (``nn.GRU``) or ``"lstm"`` (``nn.LSTM``, as sb3-contrib's RecurrentPPO; on
+        CPU oneDNN fuses a dense LSTM call, the faster of the two here).
 
     ``hx`` is one tensor ``(S, B, hidden)`` of the trunks' states stacked: ``S`` is 1 for a GRU
     (``h``) or 2 for an LSTM (``h``, ``c``), doubled with a separate critic (the policy's rows
@@ -211,7 +213,7 @@ class CategoricalGRU(rollout.Actor):
         super().__init__()
         if cell not in ("gru", "lstm"):
             raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
-        Cell = nn.GRUCell if cell == "gru" else nn.LSTMCell
+        Cell = nn.GRU if cell == "gru" else nn.LSTM
         self.n_state = 1 if cell == "gru" else 2  # rows of hx per trunk
         self.hidden = int(hidden)
         self.n_act = int(n_act) if feed_action else 0
@@ -237,14 +239,13 @@ class CategoricalGRU(rollout.Actor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``cell`` over ``x`` ``(n_seq, B, hidden)`` from ``h`` ``(S, B, hidden)``, zeroing before ``fin``.
 
-        Returns the outputs ``(n_seq, B, hidden)`` and the state after the last row ``(S, B, hidden)``.
+        Returns the outputs ``(n_seq, B, hidden)`` and the state after the last row ``(S, B, hidden)``
+        (``S`` rows: ``h``, or an LSTM's ``h`` and ``c``).
         """
-        outputs, lstm = [], isinstance(cell, nn.LSTMCell)
-        for t in range(x.shape[0]):
-            h = h.masked_fill(fin[t].unsqueeze(-1), 0.0)
-            h = torch.stack(cell(x[t], (h[0], h[1]))) if lstm else cell(x[t], h[0]).unsqueeze(0)
-            outputs.append(h[0])
-        return torch.stack(outputs), h
+        if isinstance(cell, nn.LSTM):
+            out, (h_n, c_n) = rollout.unroll(cell, x, (h[0:1], h[1:2]), fin)
+            return out, torch.cat([h_n, c_n])
+        return rollout.unroll(cell, x, h, fin)
 
     def step(self, stepno, obs, act, rew, fin, /, *, hx, virtual):
         B = fin.shape[1]
