@@ -133,6 +133,30 @@ def test_resume_continues_csv_optimizer_and_counters(tmp_path, capsys):
     assert '"resumed"' in config and "--resume" in config
 
 
+DEFAULT_ENVS = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "reinforce": "CartPole-v1", "sac": "Pendulum-v1"}
+PRESETS = [(p.name, p.algo, DEFAULT_ENVS[p.algo] if p.env == "*" else p.env) for p in presets.presets()]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algo, env", [p[1:] for p in PRESETS], ids=[p[0] for p in PRESETS])
+def test_every_preset_resumes_and_continues_its_counters_and_curves(tmp_path, algo, env):
+    if env.startswith("ALE/"):
+        pytest.importorskip("ale_py", reason="the Atari extra is not installed: pip install -e '.[atari]'")
+    _, config = presets.resolve(algo, env, {})
+    workers = config["n_actors"] if config.get("collector") in ("multi", "distributed") else 1
+    steps = max(300, config["n_envs"] * config["n_steps"] * workers)  # one batch at least
+    run = tmp_path / "run"
+    options = ["--steps", str(steps), "--eval-every", str(steps), "--eval-episodes", "1", "--set", "start_method=fork"]
+    assert train(run, algo, "--env", env, *options) == 0
+    first, saved = load_checkpoint(run / "last.pt"), rows(run)
+    assert main(["train", "--resume", str(run), "--steps", str(2 * steps), "--no-progress"]) == 0
+    second, table = load_checkpoint(run / "last.pt"), rows(run)
+    assert table[: len(saved)] == saved and len(table) > len(saved), "the curve is continued, not rewritten"
+    c1, c2 = first["counters"], second["counters"]
+    assert c2["sessions"] == 2 and c2["env_steps"] >= 2 * steps > c1["env_steps"] >= steps
+    assert int(table[-1]["env_steps"]) == c2["env_steps"]
+
+
 BAD = [
     (["train", "dqn", "--env", "CartPole-v1"], "unknown algorithm 'dqn'; expected one of ppo, a2c, reinforce, sac"),
     (["train", "ppo", "--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),

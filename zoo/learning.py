@@ -222,7 +222,13 @@ class _RewardScale(torch.nn.Module):
         super().__init__()
         self.gamma = gamma
         self.norm = RunningNorm((), center=False)
-        self.register_buffer("running", torch.zeros(0))  # R_t of each column, (B,)
+        # R_t of each column, (B,); not saved: a resumed run starts new episodes, so its running
+        # returns start afresh (and its number of columns may differ)
+        self.register_buffer("running", torch.zeros(0), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "running", None)  # saved by earlier versions
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def update(self, rew: torch.Tensor, fin: torch.Tensor, valid: torch.Tensor) -> None:
         """``rew``, ``fin``: rows ``1..T`` ``(T, B)``; ``valid``: ``(T, B)``."""
