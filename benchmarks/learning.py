@@ -1,15 +1,16 @@
-"""Learning results of the training CLI's default presets, 3 seeds per row (a benchmark, not a CI test).
+"""Learning results of the training CLI's default presets, seeds 0-4 per row (0-2 for the slow SAC rows; a benchmark, not a CI test).
 
 Each run is ``python -m zoo train ALGO --env ENV --seed S`` in a fresh interpreter, with nothing
 but the preset: deterministic evaluation on 10 episodes with fixed seeds every 10k env steps (2k
 for SAC). From each run's ``progress.csv`` the table takes the final and best evaluation return and
 the first env step (and wall-clock second) at which the evaluation reached the row's threshold;
-each row's gate is checked over its seeds. Results: JSON, a markdown table and a plot of every
-evaluation curve.
+each row's gate is checked over its seeds and must hold on all but one in five (4 of 5, 3 of 3).
+Results: JSON, a markdown table and a plot of every evaluation curve.
 
 Run::
 
-    python -m benchmarks.learning                       # every row, seeds 0 1 2
+    python -m benchmarks.learning                       # every row, its seeds
+    python -m benchmarks.learning --jobs 2              # two runs at a time (wall-clock times grow)
     python -m benchmarks.learning --rows ppo-cartpole --seeds 0
     python -m benchmarks.learning --report benchmarks/recorded/learning.json --markdown
 """
@@ -24,7 +25,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["ROWS", "Row", "summarize", "main"]
 
@@ -40,10 +42,19 @@ class Row:
     gate: str  # in words
     check: Callable[[List[Dict[str, Any]]], bool]
     reference: str = ""
+    seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+SLOW_SEEDS = (0, 1, 2)  # SAC rows take 15-40 minutes a seed here
 
 
 def _count(runs, key, at_least):
     return sum(1 for r in runs if r[key] is not None and r[key] >= at_least)
+
+
+def _most(runs, key, at_least):
+    """Whether all runs but one in five reach ``at_least`` (4 of 5, 3 of 3)."""
+    return _count(runs, key, at_least) >= len(runs) - len(runs) // 5
 
 
 ROWS = [
@@ -52,10 +63,17 @@ ROWS = [
         "ppo",
         "CartPole-v1",
         475,
-        "final >= 475 on 3/3, first >= 475 within 30 s",
+        "final >= 475 and first >= 475 within 30 s on 4/5",
         lambda runs: (
-            _count(runs, "final", 475) == len(runs)
-            and all(r["first_time"] is not None and r["first_time"] <= 30 for r in runs)
+            sum(
+                1
+                for r in runs
+                if r["final"] is not None
+                and r["final"] >= 475
+                and r["first_time"] is not None
+                and r["first_time"] <= 30
+            )
+            >= len(runs) - len(runs) // 5
         ),
         "SB3 zoo 500 at 100k (1-2 min on CPU); CleanRL 490 at 500k (about 10 min)",
     ),
@@ -64,8 +82,8 @@ ROWS = [
         "a2c",
         "CartPole-v1",
         475,
-        "final >= 475 on 3/3",
-        lambda runs: _count(runs, "final", 475) == len(runs),
+        "final >= 475 on 4/5",
+        lambda runs: _most(runs, "final", 475),
         "SB3 zoo 500 at 500k",
     ),
     Row(
@@ -73,16 +91,16 @@ ROWS = [
         "reinforce",
         "CartPole-v1",
         475,
-        "best >= 475 on 3/3, final >= 450 on 2/3",
-        lambda runs: _count(runs, "best", 475) == len(runs) and _count(runs, "final", 450) >= 2,
+        "best >= 475 on 5/5, final >= 450 on 4/5",
+        lambda runs: _count(runs, "best", 475) == len(runs) and _most(runs, "final", 450),
     ),
     Row(
         "ppo-acrobot",
         "ppo",
         "Acrobot-v1",
         -100,
-        "final >= -100 on 3/3",
-        lambda runs: _count(runs, "final", -100) == len(runs),
+        "final >= -100 on 4/5",
+        lambda runs: _most(runs, "final", -100),
         "CleanRL -86 at 500k",
     ),
     Row(
@@ -91,8 +109,9 @@ ROWS = [
         "Pendulum-v1",
         -200,
         "final >= -200 on 3/3",
-        lambda runs: _count(runs, "final", -200) == len(runs),
+        lambda runs: _most(runs, "final", -200),
         "SB3 zoo -157 at 20k",
+        SLOW_SEEDS,
     ),
     Row(
         "sac-continuouscartpole",
@@ -102,14 +121,16 @@ ROWS = [
         "record the first step >= 475",
         lambda runs: True,
         "BBRL SAC notebook",
+        SLOW_SEEDS,
     ),
     Row(
         "ppo-cartpolenovel",
         "ppo",
         "zoo/CartPoleNoVel-v0",
         475,
-        "final >= 475 on 3/3",
-        lambda runs: _count(runs, "final", 475) == len(runs),
+        "final >= 475 on 4/5 within 100k steps",
+        # a run stops at the first batch past its budget (512 env steps here)
+        lambda runs: _most(runs, "final", 475) and all(r["steps"] is not None and r["steps"] <= 101_024 for r in runs),
         "sb3-contrib RecurrentPPO: 500 at about 100k",
     ),
 ]
@@ -229,23 +250,31 @@ def record_presets(results: List[Dict[str, Any]], when: str) -> None:
 
 
 def plot(results: List[Dict[str, Any]], path: pathlib.Path) -> None:
+    """A grid of panels, one per row: every seed's evaluation curve, steps in k/M, the threshold dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     rows = [row for row in ROWS if any(r["row"] == row.name for r in results)]
-    figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    n_cols = min(3, len(rows))
+    n_rows = -(-len(rows) // n_cols)
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, 3.4 * n_rows), squeeze=False)
+    steps_label = FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k")
+    for ax, row in zip(axes.flat, rows):
         for r in (r for r in results if r["row"] == row.name):
             steps, values, _ = zip(*r["curve"]) if r["curve"] else ((), (), ())
-            ax.plot(steps, values, marker=".", label=f"seed {r['seed']}")
-        ax.axhline(row.threshold, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(f"{row.algo} on {row.env}", fontsize=9)
+            ax.plot(steps, values, marker=".", linewidth=1, label=f"seed {r['seed']}")
+        ax.axhline(row.threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {row.threshold:g}")
+        ax.set_title(f"{row.algo} on {row.env}: {row.gate}", fontsize=8)
+        ax.xaxis.set_major_formatter(steps_label)
         ax.set_xlabel("env steps")
+        ax.set_ylabel("deterministic evaluation return", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("deterministic evaluation return")
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -254,7 +283,8 @@ def plot(results: List[Dict[str, Any]], path: pathlib.Path) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", default=[row.name for row in ROWS], help="rows to run")
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="*", type=int, help="seeds (default: each row's, 0-4 or 0-2 for SAC)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "learning")
     parser.add_argument("--json", type=pathlib.Path, help="results file (default OUT/learning.json); merged by row")
     parser.add_argument("--report", type=pathlib.Path, help="print the table of a saved results file")
@@ -275,17 +305,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     path = args.json or args.out / "learning.json"
     data = json.loads(path.read_text()) if path.exists() else {"results": [], "machines": []}
     data["machines"].append({**machine(), "command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%d %H:%M")})
-    for row in (row for row in ROWS if row.name in args.rows):
-        for seed in args.seeds:
-            result = run_one(row, seed, args.out, args.extra)
+    data["machines"][-1]["jobs"] = args.jobs
+    work = [(row, seed) for row in ROWS if row.name in args.rows for seed in (args.seeds or row.seeds)]
+
+    def one(item):
+        row, seed = item
+        result = run_one(row, seed, args.out, args.extra)
+        print(
+            f"{row.name} seed {seed}: final {result['final']}, best {result['best']}, first >= "
+            f"{row.threshold} at step {result['first_step']} ({result['first_time']} s), "
+            f"{result['wall_time']:.0f} s",
+            flush=True,
+        )
+        return row, seed, result
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row, seed, result in pool.map(one, work):
             data["results"] = [r for r in data["results"] if (r["row"], r["seed"]) != (row.name, seed)] + [result]
             path.write_text(json.dumps(data, indent=1) + "\n")
-            print(
-                f"{row.name} seed {seed}: final {result['final']}, best {result['best']}, first >= "
-                f"{row.threshold} at step {result['first_step']} ({result['first_time']} s), "
-                f"{result['wall_time']:.0f} s",
-                flush=True,
-            )
     data["results"].sort(key=lambda r: ([row.name for row in ROWS].index(r["row"]), r["seed"]))
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(markdown(data["results"]))
