@@ -258,6 +258,16 @@ def _hand(env: Env, actor: rollout.Actor, B: int, T: int) -> Iterator[int]:
             e.close()
 
 
+def _lean_buffers(space: gym.Space, B: int, T: int) -> tuple:
+    """The lean loops' records ``(1+T, B, ...)``: the obs and action tensors, and numpy views of
+    obs, action, reward, terminated and truncated."""
+    obs = torch.zeros((T + 1, B, *space.shape), dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype)
+    act = torch.zeros((T + 1, B), dtype=torch.int64)
+    rew = torch.zeros((T + 1, B))
+    term, trunc = torch.zeros((T + 1, B), dtype=torch.bool), torch.zeros((T + 1, B), dtype=torch.bool)
+    return obs, act, tuple(x.numpy() for x in (obs, act, rew, term, trunc))
+
+
 def _lean(env: Env, actor: "LeanMLP", B: int, T: int) -> Iterator[int]:
     """The leanest loop a user writes: ``actor.net`` called directly on a ``(B, n_obs)`` row, the
     action sampled, the envs stepped in a for loop (or one batched env stepped once); records obs,
@@ -268,11 +278,7 @@ def _lean(env: Env, actor: "LeanMLP", B: int, T: int) -> Iterator[int]:
     envs = [env.factory() for _ in range(B)]
     space = envs[0].observation_space
     try:
-        obs = torch.zeros((T + 1, B, *space.shape), dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype)
-        act = torch.zeros((T + 1, B), dtype=torch.int64)
-        rew = torch.zeros((T + 1, B))
-        term, trunc = torch.zeros((T + 1, B), dtype=torch.bool), torch.zeros((T + 1, B), dtype=torch.bool)
-        obs_np, act_np, rew_np, term_np, trunc_np = (x.numpy() for x in (obs, act, rew, term, trunc))
+        obs, act, (obs_np, act_np, rew_np, term_np, trunc_np) = _lean_buffers(space, B, T)
         for j, e in enumerate(envs):
             obs_np[0, j] = e.reset(seed=j)[0]
         net = actor.net
@@ -304,11 +310,7 @@ def _lean_batched(venv: Any, actor: "LeanMLP", B: int, T: int) -> Iterator[int]:
     """:func:`_lean` over one batched env (which resets its ended envs itself)."""
     space = venv.single_observation_space
     try:
-        obs = torch.zeros((T + 1, B, *space.shape), dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype)
-        act = torch.zeros((T + 1, B), dtype=torch.int64)
-        rew = torch.zeros((T + 1, B))
-        term, trunc = torch.zeros((T + 1, B), dtype=torch.bool), torch.zeros((T + 1, B), dtype=torch.bool)
-        obs_np, act_np, rew_np, term_np, trunc_np = (x.numpy() for x in (obs, act, rew, term, trunc))
+        obs, act, (obs_np, act_np, rew_np, term_np, trunc_np) = _lean_buffers(space, B, T)
         obs_np[0] = venv.reset(seed=0)[0]
         net = actor.net
         while True:
