@@ -59,9 +59,10 @@ Cost
 ----
 A step of :func:`collect` does only what must happen at every step: the actor's step and the
 copy of its action (*react*), the envs' step writing row ``t+1`` (*step*), one vector add of the
-row's rewards to the running returns, a heartbeat. Everything else is written per fragment or at
-episode ends (*record*): step numbers are laid out as ``stepno[0] + t`` when the fragment begins
-and corrected from an episode's end on; a sticky env's frozen rows are written once, when it
+row's rewards to the running returns and one of the step numbers (``stepno[t] + 1``, restarted
+where an episode ended), a heartbeat. Everything else is written per fragment or at episode ends
+(*record*): sticky step numbers are laid out as ``stepno[0] + t`` when the fragment begins and
+zeroed from an episode's end on, and a sticky env's frozen rows are written once, when it
 freezes. The work at episode ends is a fixed number of array operations over the envs that ended,
 never a Python loop over them: a step costs the same whether one env ends or a hundred (a batched
 env of thousands ends dozens per step). Checks and copies that depend on the layout (the actor's
@@ -458,9 +459,9 @@ def collect(context: Context, fragment: Fragment) -> Fragment:
 
     Each step has three phases: *react* (the actor's step on row ``t``: its action goes to row
     ``t+1``, its other outputs to ``actor[t]``), *step* (the envs write row ``t+1``) and *record*
-    (the running returns, then only where episodes ended, in :func:`_episode_ends`). What can be
-    written per fragment is: step numbers are laid out by :func:`_begin` and corrected at episode
-    ends, and a sticky env's frozen rows are filled when it ends.
+    (step numbers and running returns, then only where episodes ended, in :func:`_episode_ends`).
+    What can be written per fragment is: sticky step numbers are laid out by :func:`_begin`, and a
+    sticky env's frozen rows are filled when it ends.
 
     Parameters
     ----------
