@@ -140,9 +140,9 @@ class _Plan:
         self.obs_np, self.env_np = obs_np, env_np  # whole leaves (1+T, B, ...) and (T, B, ...)
         self.stepno = buffers.numpy_view(state.stepno)
         self.stepno_rows = list(self.stepno)  # (B,) views of rows 0..T
-        self.episode_length = buffers.numpy_view(final.episode_length)
-        self.episode_return = buffers.numpy_view(final.episode_return)
-        self.length_rows, self.return_rows = list(self.episode_length), list(self.episode_return)
+        # (B,) views of the rows of final.episode_length and final.episode_return
+        self.length_rows = list(buffers.numpy_view(final.episode_length))
+        self.return_rows = list(buffers.numpy_view(final.episode_return))
         self.rew = buffers.numpy_view(state.rew)
         self.fin = buffers.numpy_view(state.fin)
         self.terminated = buffers.numpy_view(state.terminated)

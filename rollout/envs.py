@@ -506,7 +506,7 @@ class BatchedEnv:
         self._shapes = [(self.n, *shape) for shape in obs_layout.shapes]
         # One array per leaf (the common case): passed and checked without flattening.
         self._act_leaf, self._obs_leaf = act_layout.is_leaf, obs_layout.is_leaf
-        self._records = [_record(shape, dtype) for shape, dtype in zip(obs_layout.shapes, obs_layout.dtypes)]
+        self._record_dtypes = [_record(shape, dtype) for shape, dtype in zip(obs_layout.shapes, obs_layout.dtypes)]
         self._dtype = obs_layout.dtypes[0]
 
     def step(self, row: Row, skip: Optional[np.ndarray]) -> bool:
@@ -573,7 +573,7 @@ class BatchedEnv:
         if views is None:  # once per row: each env's leaf as one record, and fin as a (B, 1) mask
             views = row.views["final"] = ([_records(dst) for dst in row.final], row.fin.reshape(-1, 1))
         records, mask = views
-        for dst, src, dtype in zip(records, leaves, self._records):
+        for dst, src, dtype in zip(records, leaves, self._record_dtypes):
             np.copyto(dst, np.ascontiguousarray(src).reshape(self.n, -1).view(dtype), where=mask)
 
     def _final_leaves(self, final_obs: Any) -> Optional[List[np.ndarray]]:
